@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0
+# Install everything the pipeline needs, idempotently (Debian 12, as root).
+. "$(dirname "$0")/lib.sh"
+
+PKGS=(
+	"$KERNEL_PKG=$KERNEL_PKG_VERSION"
+	rustc-web rust-web-src
+	"clang-$LLVM_VER" "lld-$LLVM_VER" "llvm-$LLVM_VER" "libclang-$LLVM_VER-dev"
+	flex bison bc libelf-dev libssl-dev cpio busybox-static kmod xz-utils
+	qemu-system-x86 ccache make git python3 gcc libc6-dev
+)
+
+missing=()
+for p in "${PKGS[@]}"; do
+	name=${p%%=*}
+	want=${p#*=}
+	have=$(dpkg-query -W -f='${Status} ${Version}' "$name" 2>/dev/null || true)
+	case "$have" in
+	"install ok installed"*)
+		[ "$name" = "$p" ] || [ "${have##* }" = "$want" ] || missing+=("$p")
+		;;
+	*) missing+=("$p") ;;
+	esac
+done
+command -v cargo >/dev/null || missing+=(cargo-web)
+
+if [ "${#missing[@]}" -gt 0 ]; then
+	[ "$(id -u)" -eq 0 ] || die "need root to install: ${missing[*]}"
+	log "installing from Debian's archive: ${missing[*]}"
+	export DEBIAN_FRONTEND=noninteractive
+	run_logged "$MGLRU_CACHE/logs/apt-update.log" apt-get update
+	if ! run_logged "$MGLRU_CACHE/logs/apt-install.log" \
+		apt-get install -y --no-install-recommends "${missing[@]}"; then
+		apt-cache policy "$KERNEL_PKG" >&2 || true
+		die "apt-get install failed (is $KERNEL_PKG=$KERNEL_PKG_VERSION still in the archive?)"
+	fi
+fi
+
+[ -n "$RUST_LIB_SRC" ] && [ -d "$RUST_LIB_SRC/core" ] ||
+	die "rust-web-src did not provide /usr/src/rustc-*/library"
+
+if [ ! -x "$BINDGEN" ]; then
+	log "installing bindgen-cli $BINDGEN_VERSION from crates.io into $TOOLS_DIR"
+	run_logged "$MGLRU_CACHE/logs/bindgen-install.log" \
+		cargo install --locked bindgen-cli --version "$BINDGEN_VERSION" \
+		--root "$TOOLS_DIR/bindgen-$BINDGEN_VERSION"
+fi
+
+log "toolchain: $(/usr/bin/rustc --version), $("$BINDGEN" --version), clang $(clang --version | sed -n 's/.*version \([0-9.]*\).*/\1/p;q')"
+log "kernel source: $KERNEL_PKG $(dpkg-query -W -f='${Version}' "$KERNEL_PKG")"

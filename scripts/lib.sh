@@ -1,0 +1,103 @@
+# SPDX-License-Identifier: GPL-2.0
+# Shared settings and helpers for the mglru-secondary pipeline scripts.
+# Sourced, never executed.
+
+set -euo pipefail
+
+TOP=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+# The one kernel this project targets.  Debian's package version is pinned
+# exactly; bump both together.
+KERNEL_PKG=linux-source-6.12
+KERNEL_PKG_VERSION=6.12.117-1~deb12u1
+KERNEL_VERSION=6.12.117
+
+# Toolchain pins.
+LLVM_VER=19
+BINDGEN_VERSION=0.69.5
+RUST_LIB_SRC=$(ls -d /usr/src/rustc-*/library 2>/dev/null | sort -V | tail -n 1 || true)
+
+# Everything built lives outside the git clone, keyed by version, so fresh
+# clones (CI) reuse it.
+MGLRU_CACHE=${MGLRU_CACHE:-/var/cache/mglru-secondary}
+KDIR=${KDIR:-$MGLRU_CACHE/linux-${KERNEL_PKG_VERSION//\~/_}}
+TOOLS_DIR=$MGLRU_CACHE/tools
+BINDGEN=$TOOLS_DIR/bindgen-$BINDGEN_VERSION/bin/bindgen
+BUILD_DIR=${BUILD_DIR:-$MGLRU_CACHE/build}
+export CCACHE_DIR=${CCACHE_DIR:-$MGLRU_CACHE/ccache}
+
+# ccache in masquerade mode: "CC=ccache clang" would leak into rustc's
+# -Clinker= for host programs, so put clang symlinks to ccache first in PATH.
+CCACHE_BIN=$TOOLS_DIR/ccache-bin
+if [ ! -e "$CCACHE_BIN/clang" ] && command -v ccache >/dev/null; then
+	mkdir -p "$CCACHE_BIN"
+	ln -sf "$(command -v ccache)" "$CCACHE_BIN/clang"
+fi
+export PATH=$CCACHE_BIN:/usr/lib/llvm-$LLVM_VER/bin:$PATH
+export LIBCLANG_PATH=/usr/lib/llvm-$LLVM_VER/lib
+
+# Arguments every kernel make invocation (tree and out-of-tree modules) gets.
+kmake_args() {
+	printf '%s\n' LLVM=1 \
+		RUSTC=/usr/bin/rustc "RUST_LIB_SRC=$RUST_LIB_SRC" \
+		"BINDGEN=$BINDGEN" "-j$(nproc)"
+}
+
+kmake() {
+	local args
+	mapfile -t args < <(kmake_args)
+	make -C "$KDIR" "${args[@]}" "$@"
+}
+
+log() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'ERROR: %s\n' "$*" >&2; exit 1; }
+
+# step NAME CMD...: run CMD, print how long it took; on failure the caller's
+# set -e ends the script after the message.
+step() {
+	local name=$1 start rc=0
+	shift
+	start=$(date +%s.%N)
+	log "$name ..."
+	# Not "$@" || rc=$?: that would switch off errexit inside "$@".
+	set +e
+	(set -e; "$@")
+	rc=$?
+	set -e
+	local secs
+	secs=$(awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN { printf "%.1f", e - s }')
+	if [ "$rc" -eq 0 ]; then
+		log "$name: done in ${secs}s"
+	else
+		log "$name: FAILED (exit $rc) after ${secs}s"
+	fi
+	return "$rc"
+}
+
+# run_logged LOG CMD...: run CMD with output to LOG, printing a progress dot
+# line every 30s; on failure print the log's tail.
+run_logged() {
+	local logf=$1 rc=0
+	shift
+	mkdir -p "$(dirname "$logf")"
+	(set -e; "$@") >"$logf" 2>&1 &
+	local pid=$! n=0
+	while kill -0 "$pid" 2>/dev/null; do
+		sleep 1
+		n=$((n + 1))
+		if [ $((n % 30)) -eq 0 ]; then
+			printf '    ... %ds, last: %s\n' "$n" "$(tail -n 1 "$logf" | cut -c1-100)" >&2
+		fi
+	done
+	wait "$pid" || rc=$?
+	if [ "$rc" -ne 0 ]; then
+		printf -- '---- last 40 lines of %s ----\n' "$logf" >&2
+		tail -n 40 "$logf" >&2
+		printf -- '----\n' >&2
+	fi
+	return "$rc"
+}
+
+hash_files() {
+	cat "$@" 2>/dev/null | sha256sum | cut -d' ' -f1
+}

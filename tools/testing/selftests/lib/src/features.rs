@@ -1,0 +1,133 @@
+// SPDX-License-Identifier: GPL-2.0
+//! Checks of what the running kernel provides.
+
+use crate::sys;
+use anyhow::{bail, Context, Result};
+use std::path::Path;
+
+/// Path of the MGLRU capability mask.
+pub const LRU_GEN_ENABLED: &str = "/sys/kernel/mm/lru_gen/enabled";
+
+/// MGLRU capability bits of `/sys/kernel/mm/lru_gen/enabled`.
+pub mod caps {
+    /// `LRU_GEN_CORE`: the multi-gen LRU itself.
+    pub const CORE: u32 = 0x1;
+    /// `LRU_GEN_MM_WALK`: page-table walks during aging.
+    pub const MM_WALK: u32 = 0x2;
+    /// `LRU_GEN_NONLEAF_YOUNG`: non-leaf PMD accessed bits.
+    pub const NONLEAF_YOUNG: u32 = 0x4;
+    /// `LRU_GEN_SECONDARY_MMU_WALK`: secondary MMUs take part in aging.
+    pub const SECONDARY_MMU_WALK: u32 = 0x8;
+}
+
+/// The `uname -r` of the running kernel.
+pub fn kernel_release() -> Result<String> {
+    sys::read_trimmed("/proc/sys/kernel/osrelease")
+}
+
+/// Parses the text of `/sys/kernel/mm/lru_gen/enabled` (`0x0007\n`).
+pub fn parse_caps(text: &str) -> Result<u32> {
+    let t = text.trim();
+    let hex = t
+        .strip_prefix("0x")
+        .with_context(|| format!("lru_gen caps {t:?} do not start with 0x"))?;
+    if hex.is_empty() || hex.len() > 8 {
+        bail!("lru_gen caps {t:?} are not a 32-bit hex number");
+    }
+    u32::from_str_radix(hex, 16).with_context(|| format!("lru_gen caps {t:?} are not hex"))
+}
+
+/// The current MGLRU capability mask.
+pub fn lru_gen_caps() -> Result<u32> {
+    parse_caps(&sys::read(LRU_GEN_ENABLED)?)
+}
+
+/// Writes `value` (e.g. `"y"`, `"0x0007"`) to the capability mask.
+pub fn write_lru_gen_enabled(value: &str) -> Result<()> {
+    sys::write(LRU_GEN_ENABLED, value)
+}
+
+/// Sets the capability mask to exactly `mask` and checks that it stuck.
+pub fn set_lru_gen_caps(mask: u32) -> Result<()> {
+    write_lru_gen_enabled(&format!("0x{mask:x}"))?;
+    let now = lru_gen_caps()?;
+    if now != mask {
+        bail!("wrote lru_gen caps 0x{mask:04x}, read back 0x{now:04x}");
+    }
+    Ok(())
+}
+
+/// Restores the capability mask it saw at creation when dropped.
+pub struct CapsGuard {
+    saved: u32,
+}
+
+impl CapsGuard {
+    /// Remembers the current mask.
+    pub fn save() -> Result<Self> {
+        Ok(Self {
+            saved: lru_gen_caps()?,
+        })
+    }
+
+    /// The mask saved at creation.
+    pub fn saved(&self) -> u32 {
+        self.saved
+    }
+}
+
+impl Drop for CapsGuard {
+    fn drop(&mut self) {
+        let _ = write_lru_gen_enabled(&format!("0x{:x}", self.saved));
+    }
+}
+
+/// A module parameter (`/sys/module/<module>/parameters/<param>`), if the
+/// module is loaded or built in and has it.
+pub fn module_param(module: &str, param: &str) -> Option<String> {
+    sys::read_trimmed(format!("/sys/module/{module}/parameters/{param}")).ok()
+}
+
+/// Interprets a boolean module parameter (`Y`, `N`, `1`, `0`).
+pub fn param_is_true(v: &str) -> bool {
+    matches!(v, "Y" | "y" | "1")
+}
+
+/// Whether `/proc/cpuinfo` lists `flag` for the first CPU.
+pub fn cpu_has_flag(flag: &str) -> Result<bool> {
+    let info = sys::read("/proc/cpuinfo")?;
+    Ok(info
+        .lines()
+        .find(|l| l.starts_with("flags"))
+        .map(|l| l.split_whitespace().any(|f| f == flag))
+        .unwrap_or(false))
+}
+
+/// Whether a path exists (feature files in sysfs/debugfs).
+pub fn exists(path: &str) -> bool {
+    Path::new(path).exists()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caps_parse() {
+        assert_eq!(parse_caps("0x0007\n").unwrap(), 7);
+        assert_eq!(parse_caps("0x000f").unwrap(), 0xf);
+        assert_eq!(parse_caps("0x0000").unwrap(), 0);
+        assert!(parse_caps("7").is_err());
+        assert!(parse_caps("0x").is_err());
+        assert!(parse_caps("0xzz").is_err());
+        assert!(parse_caps("0x123456789").is_err());
+    }
+
+    #[test]
+    fn bool_params() {
+        assert!(param_is_true("Y"));
+        assert!(param_is_true("1"));
+        assert!(!param_is_true("N"));
+        assert!(!param_is_true("0"));
+    }
+}

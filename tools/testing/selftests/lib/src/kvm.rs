@@ -1,0 +1,358 @@
+// SPDX-License-Identifier: GPL-2.0
+//! A minimal KVM guest for aging tests, on kvm-ioctls/kvm-bindings.
+//!
+//! The guest runs in 32-bit protected mode with paging off, so a guest
+//! physical address is the address its code uses and every guest access to
+//! data memory goes through exactly one translation: the host's TDP (NPT)
+//! page table.  Its only program walks a range of pages, reading or writing
+//! one dword per page, then leaves through an `out` to [`DONE_PORT`].
+//!
+//! Data memory is memslot 0 at guest physical address 0; the code lives in
+//! its own small memslot at [`CODE_GPA`] so it never pollutes the data.
+
+use anyhow::{bail, Context, Result};
+use kvm_bindings::{kvm_regs, kvm_segment, kvm_userspace_memory_region};
+use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+
+/// Guest page size the program strides by.
+pub const PAGE_SIZE: usize = 4096;
+/// Guest physical address of the code memslot.
+pub const CODE_GPA: u64 = 0xc000_0000;
+/// I/O port the guest writes to when it finished a pass.
+pub const DONE_PORT: u16 = 0x10;
+/// Largest data memory the 32-bit guest can address below [`CODE_GPA`].
+pub const MAX_DATA: usize = CODE_GPA as usize;
+
+const DATA_SLOT: u32 = 0;
+const CODE_SLOT: u32 = 1;
+
+// mov [esi], eax | add esi, edi | dec ecx | jnz -7 | out 0x10, al | hlt
+const WRITE_LOOP: [u8; 10] = [0x89, 0x06, 0x01, 0xfe, 0x49, 0x75, 0xf9, 0xe6, 0x10, 0xf4];
+// mov eax, [esi] | add esi, edi | dec ecx | jnz -7 | out 0x10, al | hlt
+const READ_LOOP: [u8; 10] = [0x8b, 0x06, 0x01, 0xfe, 0x49, 0x75, 0xf9, 0xe6, 0x10, 0xf4];
+const WRITE_OFF: u64 = 0;
+const READ_OFF: u64 = 0x10;
+
+/// How the data memory is backed on the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backing {
+    /// Anonymous memory, 4 KiB pages (`MADV_NOHUGEPAGE`).
+    Anon4k,
+    /// Anonymous memory with transparent huge pages (`MADV_HUGEPAGE`).
+    Thp,
+}
+
+/// How the guest accesses each page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Load one dword per page.
+    Read,
+    /// Store this value into the first dword of each page.
+    Write(u32),
+}
+
+/// An anonymous host mapping, unmapped when dropped.
+///
+/// Invariant: `ptr..ptr+len` is a private anonymous mapping owned by `self`.
+pub struct HostMem {
+    ptr: *mut u8,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain memory owned by `HostMem`; concurrent access
+// goes through raw volatile reads/writes or the guest, never through Rust
+// references.
+unsafe impl Send for HostMem {}
+// SAFETY: as above; `&HostMem` only hands out raw pointers and volatile reads.
+unsafe impl Sync for HostMem {}
+
+impl HostMem {
+    /// Maps `len` bytes (rounded up to 2 MiB alignment for THP).
+    pub fn new(len: usize, backing: Backing) -> Result<Self> {
+        const HUGE: usize = 2 << 20;
+        if len == 0 || !len.is_multiple_of(PAGE_SIZE) {
+            bail!("memory size {len} is not a positive multiple of {PAGE_SIZE}");
+        }
+        // Over-allocate so the THP case can be 2 MiB aligned.
+        let map_len = len + HUGE;
+        // SAFETY: anonymous private mapping with no address hint; the result
+        // is checked against MAP_FAILED below.
+        let raw = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if raw == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error()).context("mmap guest memory");
+        }
+        let start = raw as usize;
+        let aligned = (start + HUGE - 1) & !(HUGE - 1);
+        // SAFETY: both ranges lie inside the mapping just created and are
+        // not used afterwards.
+        unsafe {
+            if aligned > start {
+                libc::munmap(raw, aligned - start);
+            }
+            let tail = start + map_len - (aligned + len);
+            if tail > 0 {
+                libc::munmap((aligned + len) as *mut libc::c_void, tail);
+            }
+        }
+        let mem = Self {
+            ptr: aligned as *mut u8,
+            len,
+        };
+        let advice = match backing {
+            Backing::Anon4k => libc::MADV_NOHUGEPAGE,
+            Backing::Thp => libc::MADV_HUGEPAGE,
+        };
+        // SAFETY: the range is our own mapping.
+        if unsafe { libc::madvise(mem.ptr.cast(), len, advice) } != 0 {
+            return Err(std::io::Error::last_os_error()).context("madvise guest memory");
+        }
+        Ok(mem)
+    }
+
+    /// Start of the mapping.
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.ptr
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the mapping is empty (never, by construction).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Number of 4 KiB pages.
+    pub fn pages(&self) -> usize {
+        self.len / PAGE_SIZE
+    }
+
+    /// First dword of page `i`, read from the host side.
+    pub fn read_page_u32(&self, i: usize) -> u32 {
+        assert!(i < self.pages());
+        // SAFETY: in bounds (asserted), aligned, and the mapping lives as long
+        // as `self`; volatile because the guest writes it behind our back.
+        unsafe { std::ptr::read_volatile(self.ptr.add(i * PAGE_SIZE).cast::<u32>()) }
+    }
+
+    /// Writes the first dword of every page from the host side (faults the
+    /// whole range in through the host page table).
+    pub fn fill(&self, value: u32) {
+        for i in 0..self.pages() {
+            // SAFETY: as in `read_page_u32`.
+            unsafe { std::ptr::write_volatile(self.ptr.add(i * PAGE_SIZE).cast::<u32>(), value) }
+        }
+    }
+}
+
+impl Drop for HostMem {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly the range this object owns.
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
+
+/// A VM whose vCPUs touch ranges of its data memory on request.
+pub struct TouchVm {
+    vcpus: Vec<VcpuFd>,
+    /// Guest data memory (guest physical 0..len).
+    pub mem: HostMem,
+    _code: HostMem,
+    _vm: VmFd,
+    _kvm: Kvm,
+}
+
+fn flat_segment(selector: u16, type_: u8) -> kvm_segment {
+    kvm_segment {
+        base: 0,
+        limit: 0xffff_ffff,
+        selector,
+        type_,
+        present: 1,
+        dpl: 0,
+        db: 1,
+        s: 1,
+        l: 0,
+        g: 1,
+        avl: 0,
+        unusable: 0,
+        padding: 0,
+    }
+}
+
+impl TouchVm {
+    /// Creates a VM with `mem_bytes` of data memory and `nr_vcpus` vCPUs.
+    pub fn new(mem_bytes: usize, nr_vcpus: usize, backing: Backing) -> Result<Self> {
+        if mem_bytes > MAX_DATA {
+            bail!("guest memory {mem_bytes} exceeds {MAX_DATA}");
+        }
+        if nr_vcpus == 0 {
+            bail!("need at least one vCPU");
+        }
+        let kvm = Kvm::new().context("opening /dev/kvm")?;
+        let vm = kvm.create_vm().context("KVM_CREATE_VM")?;
+        let mem = HostMem::new(mem_bytes, backing)?;
+        let code = HostMem::new(PAGE_SIZE, Backing::Anon4k)?;
+        // SAFETY: `code` is a fresh mapping of PAGE_SIZE bytes; the two
+        // programs fit (checked by the constants' sizes) at their offsets.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                WRITE_LOOP.as_ptr(),
+                code.as_ptr().add(WRITE_OFF as usize),
+                WRITE_LOOP.len(),
+            );
+            std::ptr::copy_nonoverlapping(
+                READ_LOOP.as_ptr(),
+                code.as_ptr().add(READ_OFF as usize),
+                READ_LOOP.len(),
+            );
+        }
+        for (slot, gpa, m) in [(DATA_SLOT, 0, &mem), (CODE_SLOT, CODE_GPA, &code)] {
+            let region = kvm_userspace_memory_region {
+                slot,
+                flags: 0,
+                guest_phys_addr: gpa,
+                memory_size: m.len() as u64,
+                userspace_addr: m.as_ptr() as u64,
+            };
+            // SAFETY: the host memory outlives the VM: both `HostMem`s are
+            // fields of `TouchVm` declared before `_vm`... and the VM fd is
+            // dropped first (field order), so KVM never sees freed memory.
+            unsafe { vm.set_user_memory_region(region) }
+                .with_context(|| format!("KVM_SET_USER_MEMORY_REGION slot {slot}"))?;
+        }
+        let mut vcpus = Vec::with_capacity(nr_vcpus);
+        for id in 0..nr_vcpus {
+            let vcpu = vm
+                .create_vcpu(id as u64)
+                .with_context(|| format!("KVM_CREATE_VCPU {id}"))?;
+            let mut sregs = vcpu.get_sregs().context("KVM_GET_SREGS")?;
+            sregs.cs = flat_segment(0x8, 0xb);
+            for s in [
+                &mut sregs.ds,
+                &mut sregs.es,
+                &mut sregs.fs,
+                &mut sregs.gs,
+                &mut sregs.ss,
+            ] {
+                *s = flat_segment(0x10, 0x3);
+            }
+            sregs.cr0 = (sregs.cr0 | 1) & !(1 << 31); // PE on, PG off
+            sregs.efer = 0;
+            vcpu.set_sregs(&sregs).context("KVM_SET_SREGS")?;
+            vcpus.push(vcpu);
+        }
+        Ok(Self {
+            vcpus,
+            mem,
+            _code: code,
+            _vm: vm,
+            _kvm: kvm,
+        })
+    }
+
+    /// Number of vCPUs.
+    pub fn nr_vcpus(&self) -> usize {
+        self.vcpus.len()
+    }
+
+    /// Has vCPU `idx` access `count` pages, every `stride`-th page starting
+    /// at page `first`, and waits for it to finish.
+    pub fn touch(
+        &mut self,
+        idx: usize,
+        first: usize,
+        count: usize,
+        stride: usize,
+        access: Access,
+    ) -> Result<()> {
+        let pages = self.mem.pages();
+        let vcpu = self.vcpus.get_mut(idx).context("no such vCPU")?;
+        run_touch(vcpu, pages, first, count, stride, access)
+    }
+
+    /// Splits pages `first..first+count` evenly over all vCPUs and has them
+    /// access their share concurrently (one thread per vCPU).
+    pub fn touch_all(&mut self, first: usize, count: usize, access: Access) -> Result<()> {
+        let pages = self.mem.pages();
+        let n = self.vcpus.len();
+        std::thread::scope(|s| {
+            let handles: Vec<_> = self
+                .vcpus
+                .iter_mut()
+                .enumerate()
+                .map(|(i, vcpu)| {
+                    let lo = first + count * i / n;
+                    let hi = first + count * (i + 1) / n;
+                    s.spawn(move || {
+                        if hi > lo {
+                            run_touch(vcpu, pages, lo, hi - lo, 1, access)
+                        } else {
+                            Ok(())
+                        }
+                    })
+                })
+                .collect();
+            handles.into_iter().try_for_each(|h| {
+                h.join()
+                    .map_err(|_| anyhow::anyhow!("vCPU thread panicked"))?
+            })
+        })
+    }
+}
+
+fn run_touch(
+    vcpu: &mut VcpuFd,
+    pages: usize,
+    first: usize,
+    count: usize,
+    stride: usize,
+    access: Access,
+) -> Result<()> {
+    if count == 0 || stride == 0 {
+        bail!("empty touch request");
+    }
+    let last = first + (count - 1) * stride;
+    if last >= pages {
+        bail!("touch of page {last} beyond guest memory ({pages} pages)");
+    }
+    let (off, value) = match access {
+        Access::Write(v) => (WRITE_OFF, v),
+        Access::Read => (READ_OFF, 0),
+    };
+    let regs = kvm_regs {
+        rip: CODE_GPA + off,
+        rflags: 0x2,
+        rsi: (first * PAGE_SIZE) as u64,
+        rdi: (stride * PAGE_SIZE) as u64,
+        rcx: count as u64,
+        rax: value as u64,
+        ..Default::default()
+    };
+    vcpu.set_regs(&regs).context("KVM_SET_REGS")?;
+    loop {
+        match vcpu.run() {
+            Ok(VcpuExit::IoOut(DONE_PORT, _)) => return Ok(()),
+            Ok(VcpuExit::IoOut(port, _)) => bail!("guest wrote to unexpected port {port:#x}"),
+            Ok(VcpuExit::Intr) => continue,
+            Ok(other) => {
+                let what = format!("{other:?}");
+                let rip = vcpu.get_regs().map(|r| r.rip).unwrap_or(0);
+                bail!("unexpected vCPU exit {what} at rip {rip:#x}")
+            }
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
+            Err(e) => return Err(e).context("KVM_RUN"),
+        }
+    }
+}

@@ -1,0 +1,19 @@
+// SPDX-License-Identifier: GPL-2.0
+//! Shared library of the mglru-secondary selftests.
+//!
+//! Every selftest binary under `tools/testing/selftests/` is built on this
+//! crate: KTAP output ([`ktap`]), feature checks ([`features`]), cgroup v2
+//! memory-controller helpers ([`memcg`]), `/sys/kernel/debug/lru_gen` parsing
+//! and forced aging ([`lru_gen`]), a minimal KVM guest on kvm-ioctls
+//! ([`kvm`]) and timing ([`timing`]).
+
+pub mod features;
+pub mod ktap;
+pub mod kvm;
+pub mod lru_gen;
+pub mod memcg;
+pub mod module;
+pub mod sys;
+pub mod timing;
+
+pub use anyhow::{bail, Context, Error, Result};

@@ -1,0 +1,93 @@
+// SPDX-License-Identifier: GPL-2.0
+//! Smoke test of the test kernel: it is the project's kernel, out-of-tree
+//! Rust modules load and unload, and MGLRU's sysfs and debugfs interfaces
+//! work (an aging pass can be forced on a memcg).
+
+use mglru_selftest::{
+    bail, features, ktap::Ktap, lru_gen, memcg::Memcg, module, sys, Context, Result,
+};
+
+const LOCALVERSION: &str = "-mglru-secondary";
+
+fn kernel_is_ours() -> Result<()> {
+    let rel = features::kernel_release()?;
+    if !rel.ends_with(LOCALVERSION) {
+        bail!("running {rel}, not a {LOCALVERSION} kernel");
+    }
+    Ok(())
+}
+
+fn rust_module_loads() -> Result<()> {
+    let name = "mglru_smoke";
+    let ko = module::project_module(name);
+    if module::is_loaded(name) {
+        module::unload(name)?;
+    }
+    let watch = sys::DmesgWatch::start()?;
+    module::load(&ko, "")?;
+    if !module::is_loaded(name) {
+        bail!("{name} not in /sys/module after finit_module");
+    }
+    let state = sys::read_trimmed(format!("/sys/module/{name}/initstate"))?;
+    if state != "live" {
+        bail!("{name} initstate is {state}");
+    }
+    module::unload(name)?;
+    if module::is_loaded(name) {
+        bail!("{name} still loaded after delete_module");
+    }
+    let log = sys::dmesg()?;
+    for msg in ["mglru_smoke: loaded", "mglru_smoke: unloaded"] {
+        if !log.contains(msg) {
+            bail!("kernel log lacks {msg:?}");
+        }
+    }
+    let bugs = watch.new_bug_lines()?;
+    if !bugs.is_empty() {
+        bail!("kernel warnings: {bugs:?}");
+    }
+    Ok(())
+}
+
+fn lru_gen_enabled() -> Result<()> {
+    let caps = features::lru_gen_caps()?;
+    if caps & features::caps::CORE == 0 {
+        bail!("MGLRU core not enabled (caps 0x{caps:04x})");
+    }
+    Ok(())
+}
+
+fn lru_gen_force_aging() -> Result<()> {
+    const BYTES: usize = 8 << 20;
+    let cg = Memcg::create("mglru-smoke")?;
+    cg.enter()?;
+    // Anonymous memory charged to the memcg, so its lruvec is not empty.
+    let buf = vec![1u8; BYTES];
+    std::hint::black_box(&buf);
+    let (before, after) = lru_gen::age_memcg(&cg.path(), 0).context("forced aging")?;
+    if after.total_anon() < (BYTES / 4096 / 2) as u64 {
+        bail!(
+            "memcg holds {} anon pages after aging, expected about {}",
+            after.total_anon(),
+            BYTES / 4096
+        );
+    }
+    let youngest_before = before.youngest().unwrap().anon;
+    let youngest_after = after.youngest().unwrap().anon;
+    // Nothing touched the buffer between faulting it and aging, so the
+    // newly created generation must not have taken the buffer's pages.
+    if youngest_after > youngest_before / 2 + 64 {
+        bail!("untouched pages were promoted: youngest gen had {youngest_before}, now {youngest_after}");
+    }
+    drop(buf);
+    Ok(())
+}
+
+fn main() {
+    let mut t = Ktap::new(4);
+    t.check("kernel_is_project_kernel", kernel_is_ours());
+    t.check("rust_oot_module_load_unload", rust_module_loads());
+    t.check("lru_gen_enabled", lru_gen_enabled());
+    t.check("lru_gen_force_aging", lru_gen_force_aging());
+    t.finish();
+}
