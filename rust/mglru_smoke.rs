@@ -23,13 +23,13 @@ impl kernel::Module for MglruSmoke {
     fn init(_module: &'static ThisModule) -> Result<Self> {
         let mut greeting = KVec::new();
         greeting.extend_from_slice(b"mglru-secondary", GFP_KERNEL)?;
-        pr_info!("mglru_smoke: loaded ({} byte greeting)\n", greeting.len());
+        pr_info!("loaded ({} byte greeting)\n", greeting.len());
         Ok(Self { greeting })
     }
 }
 
 impl Drop for MglruSmoke {
     fn drop(&mut self) {
-        pr_info!("mglru_smoke: unloaded ({} bytes freed)\n", self.greeting.len());
+        pr_info!("unloaded ({} bytes freed)\n", self.greeting.len());
     }
 }

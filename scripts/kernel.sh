@@ -9,21 +9,6 @@
 . "$(dirname "$0")/lib.sh"
 
 FRAGMENT=$TOP/configs/mglru-secondary.config
-BASE_TAG=base-$KERNEL_VERSION
-STATE=$KDIR/.git/mglru-applied
-
-series_patches() {
-	[ -f "$TOP/patches/series" ] || return 0
-	grep -v -e '^[[:space:]]*#' -e '^[[:space:]]*$' "$TOP/patches/series"
-}
-
-patches_hash() {
-	local files=("$TOP/patches/series")
-	local p
-	while read -r p; do files+=("$TOP/patches/$p"); done < <(series_patches)
-	hash_files "${files[@]}"
-}
-
 extract_tree() {
 	local tarball=/usr/src/$KERNEL_PKG.tar.xz
 	local have

@@ -38,7 +38,7 @@ export LIBCLANG_PATH=/usr/lib/llvm-$LLVM_VER/lib
 
 # Arguments every kernel make invocation (tree and out-of-tree modules) gets.
 kmake_args() {
-	printf '%s\n' LLVM=1 \
+	printf '%s\n' LLVM=1 LOCALVERSION= \
 		RUSTC=/usr/bin/rustc "RUST_LIB_SRC=$RUST_LIB_SRC" \
 		"BINDGEN=$BINDGEN" "-j$(nproc)"
 }
@@ -100,4 +100,20 @@ run_logged() {
 
 hash_files() {
 	cat "$@" 2>/dev/null | sha256sum | cut -d' ' -f1
+}
+
+# The patch series and the state of the kernel tree it was applied to.
+BASE_TAG=base-$KERNEL_VERSION
+STATE=$KDIR/.git/mglru-applied
+
+series_patches() {
+	[ -f "$TOP/patches/series" ] || return 0
+	grep -v -e '^[[:space:]]*#' -e '^[[:space:]]*$' "$TOP/patches/series"
+}
+
+patches_hash() {
+	local files=("$TOP/patches/series")
+	local p
+	while read -r p; do files+=("$TOP/patches/$p"); done < <(series_patches)
+	hash_files "${files[@]}"
 }

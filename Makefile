@@ -1,0 +1,57 @@
+# SPDX-License-Identifier: GPL-2.0
+# mglru-secondary: developer and CI entry points.  Out-of-tree kernel
+# modules are described by ./Kbuild (kbuild reads Kbuild, not this file).
+#
+#   make run            the main job: set up, build, boot, demo
+#   make check          all tests; ends with "N passed, N failed, N skipped"
+#   make check T=NAME   host tests + only the named VM selftest(s)
+#   make vm-run -- CMD  run CMD as root in the test VM (or CMD="...")
+#   make deps | kernel | modules | selftests | kernel-tree | export-patches
+#   make clean          remove build outputs in this clone
+
+SHELL := /bin/bash
+S := $(CURDIR)/scripts
+
+# make vm-run -- CMD ARGS: everything after vm-run is the command.
+ifeq (vm-run,$(firstword $(MAKECMDGOALS)))
+VM_ARGS := $(wordlist 2,$(words $(MAKECMDGOALS)),$(MAKECMDGOALS))
+ifneq ($(VM_ARGS),)
+$(eval $(VM_ARGS):;@:)
+endif
+endif
+
+.PHONY: all run check deps kernel kernel-tree export-patches modules selftests vm-run clean
+
+all: run
+
+run:
+	@$(S)/run.sh $(T)
+
+check:
+	@$(S)/check.sh $(T)
+
+deps:
+	@$(S)/deps.sh
+
+kernel: deps
+	@$(S)/kernel.sh build
+
+kernel-tree: deps
+	@$(S)/kernel.sh tree
+	@. $(S)/lib.sh && echo "kernel tree: $$KDIR (branch mglru on tag base-$$KERNEL_VERSION)"
+
+export-patches:
+	@$(S)/export-patches.sh
+
+modules: kernel
+	@$(S)/modules.sh
+
+selftests:
+	@$(S)/selftests.sh
+
+vm-run:
+	@$(S)/vm-run -- $(if $(CMD),"$(CMD)",$(VM_ARGS))
+
+clean:
+	@. $(S)/lib.sh && [ ! -d "$$KDIR" ] || kmake M=$(CURDIR) clean >/dev/null
+	rm -rf tools/testing/selftests/target
