@@ -53,7 +53,7 @@ out=$(
 		grep -qxF "$p" series || echo "$p is not listed in patches/series"
 		grep -q '^Signed-off-by:' "$p" || echo "$p has no Signed-off-by"
 	done
-	{ grep -v -e '^#' -e '^[[:space:]]*$' series || true; } | while read -r p; do
+	series_patches | while read -r p; do
 		[ -f "$p" ] || echo "series lists $p, which does not exist"
 	done
 ) || true
