@@ -6,6 +6,7 @@
 #   make check          all tests; ends with "N passed, N failed, N skipped"
 #   make check T=NAME   host tests + only the named VM selftest(s)
 #   make vm-run -- CMD  run CMD as root in the test VM (or CMD="...")
+#   make bisect-check   build the kernel at every patch of the series
 #   make deps | kernel | modules | selftests | kernel-tree | export-patches
 #   make clean          remove build outputs in this clone
 
@@ -20,7 +21,7 @@ $(eval $(VM_ARGS):;@:)
 endif
 endif
 
-.PHONY: all run check deps kernel kernel-tree export-patches modules selftests vm-run clean
+.PHONY: all run check bisect-check deps kernel kernel-tree export-patches modules selftests vm-run clean
 
 all: run
 
@@ -32,6 +33,9 @@ check:
 
 deps:
 	@$(S)/deps.sh
+
+bisect-check: deps
+	@$(S)/bisect-check.sh
 
 kernel: deps
 	@$(S)/kernel.sh build

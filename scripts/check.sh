@@ -59,6 +59,25 @@ out=$(
 ) || true
 [ -z "$out" ] && result patches_series_consistent ok || result patches_series_consistent fail "$out"
 
+# checkpatch.pl from the pinned tree: no errors in any patch (warnings are
+# printed for review but do not fail).
+out=$(
+	series_patches | while read -r p; do
+		r=$(cd "$KDIR" && perl scripts/checkpatch.pl --no-tree --no-signoff -q \
+			--show-types "$TOP/patches/$p" 2>&1) || true
+		e=$(printf '%s\n' "$r" | grep -c '^ERROR:' || true)
+		w=$(printf '%s\n' "$r" | grep -c '^WARNING:' || true)
+		echo "$p: $e error(s), $w warning(s)"
+		[ "$e" -eq 0 ] || printf '%s\n' "$r" | sed 's/^/    /'
+	done
+)
+printf '%s\n' "$out" | sed 's/^/# checkpatch: /'
+if printf '%s\n' "$out" | grep -q '[1-9][0-9]* error(s)'; then
+	result checkpatch_no_errors fail "$out"
+else
+	result checkpatch_no_errors ok
+fi
+
 log "selftests in the test VM"
 vmout=$(mktemp)
 set +e

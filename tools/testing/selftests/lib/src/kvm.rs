@@ -146,6 +146,32 @@ impl HostMem {
         unsafe { std::ptr::read_volatile(self.ptr.add(i * PAGE_SIZE).cast::<u32>()) }
     }
 
+    /// Drops pages `first..first+count` (`MADV_DONTNEED`): the host page
+    /// table entries go away, which invalidates the secondary MMU's
+    /// mappings, and the next access faults in a fresh zero page.
+    pub fn discard(&self, first: usize, count: usize) -> Result<()> {
+        if first + count > self.pages() {
+            bail!(
+                "discard of pages {first}..{} beyond {}",
+                first + count,
+                self.pages()
+            );
+        }
+        // SAFETY: the range lies inside our own mapping (checked above);
+        // nothing holds Rust references into it.
+        let r = unsafe {
+            libc::madvise(
+                self.ptr.add(first * PAGE_SIZE).cast(),
+                count * PAGE_SIZE,
+                libc::MADV_DONTNEED,
+            )
+        };
+        if r != 0 {
+            return Err(std::io::Error::last_os_error()).context("madvise(MADV_DONTNEED)");
+        }
+        Ok(())
+    }
+
     /// Writes the first dword of every page from the host side (faults the
     /// whole range in through the host page table).
     pub fn fill(&self, value: u32) {
@@ -164,12 +190,15 @@ impl Drop for HostMem {
 }
 
 /// A VM whose vCPUs touch ranges of its data memory on request.
+///
+/// Fields drop in declaration order: the vCPU and VM fds are closed before
+/// the guest memory is unmapped.
 pub struct TouchVm {
     vcpus: Vec<VcpuFd>,
+    vm: VmFd,
     /// Guest data memory (guest physical 0..len).
     pub mem: HostMem,
     _code: HostMem,
-    _vm: VmFd,
     _kvm: Kvm,
 }
 
@@ -227,8 +256,8 @@ impl TouchVm {
                 userspace_addr: m.as_ptr() as u64,
             };
             // SAFETY: the host memory outlives the VM: both `HostMem`s are
-            // fields of `TouchVm` declared before `_vm`... and the VM fd is
-            // dropped first (field order), so KVM never sees freed memory.
+            // fields of `TouchVm` declared after `vm`, so the VM fd is
+            // closed before they are unmapped.
             unsafe { vm.set_user_memory_region(region) }
                 .with_context(|| format!("KVM_SET_USER_MEMORY_REGION slot {slot}"))?;
         }
@@ -255,10 +284,28 @@ impl TouchVm {
         }
         Ok(Self {
             vcpus,
+            vm,
             mem,
             _code: code,
-            _vm: vm,
             _kvm: kvm,
+        })
+    }
+
+    /// Deletes (`present == false`) or re-creates the data memslot, as a
+    /// VMM does when it remaps guest memory. No vCPU may run meanwhile
+    /// (they would exit to userspace on the missing memory).
+    pub fn set_data_slot(&self, present: bool) -> Result<()> {
+        let region = kvm_userspace_memory_region {
+            slot: DATA_SLOT,
+            flags: 0,
+            guest_phys_addr: 0,
+            memory_size: if present { self.mem.len() as u64 } else { 0 },
+            userspace_addr: self.mem.as_ptr() as u64,
+        };
+        // SAFETY: the region is `self.mem`, which outlives the VM (see
+        // `new`); size 0 deletes the slot.
+        unsafe { self.vm.set_user_memory_region(region) }.with_context(|| {
+            format!("KVM_SET_USER_MEMORY_REGION slot {DATA_SLOT} present={present}")
         })
     }
 

@@ -32,6 +32,50 @@ pub struct Generation {
     pub anon: u64,
     /// File pages in this generation.
     pub file: u64,
+    /// Page-table walk stats of the aging pass that created the next
+    /// generation (`lru_gen_full` only; `None` in `lru_gen`).
+    pub walk: Option<WalkStats>,
+}
+
+/// The mm-walk stats line of `lru_gen_full`: one counter per letter.
+///
+/// 6.12 prints `T`otal and `Y`oung leaf entries and non-leaf entries
+/// `F`ound in and `A`dded to Bloom filters; the series adds fast-only
+/// secondary MMU queries: `C`alls, `S`econdary-young answers and `E`rrors
+/// (answers that failed). Upper case is the current generation, lower case
+/// history; letters are stored in lower case. `x` marks "no data".
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WalkStats {
+    /// `(letter, value)` in file order, `x` entries left out.
+    pub counters: Vec<(char, u64)>,
+}
+
+impl WalkStats {
+    /// The counter for `letter` (case-insensitive), if printed.
+    pub fn get(&self, letter: char) -> Option<u64> {
+        let l = letter.to_ascii_lowercase();
+        self.counters.iter().find(|(c, _)| *c == l).map(|&(_, v)| v)
+    }
+
+    /// Parses a stats line: every token is digits followed by one letter.
+    pub fn parse(toks: &[&str]) -> Option<WalkStats> {
+        let mut counters = Vec::new();
+        for t in toks {
+            let letter = t.chars().last()?;
+            let digits = &t[..t.len() - letter.len_utf8()];
+            if !letter.is_ascii_alphabetic()
+                || digits.is_empty()
+                || !digits.bytes().all(|b| b.is_ascii_digit())
+            {
+                return None;
+            }
+            if letter == 'x' {
+                continue;
+            }
+            counters.push((letter.to_ascii_lowercase(), digits.parse().ok()?));
+        }
+        Some(WalkStats { counters })
+    }
 }
 
 /// The generations of one memcg on one node.
@@ -113,25 +157,38 @@ pub fn parse(text: &str) -> Result<Vec<Memcg>> {
                 let is_gen = toks.len() == 4
                     && first.bytes().all(|b| b.is_ascii_digit())
                     && toks[1].bytes().all(|b| b.is_ascii_digit());
-                let is_full_stats = toks
-                    .iter()
-                    .skip(1)
-                    .any(|t| t.ends_with(|c: char| "RTrepxYFA".contains(c)))
-                    && (toks.len() == 7 || toks.len() == 4);
+                // Tier lines start with a plain tier number; the mm-walk
+                // line is letter-suffixed counters only.
+                let is_tier = first.bytes().all(|b| b.is_ascii_digit())
+                    && toks.len() == 7
+                    && WalkStats::parse(&toks[1..]).is_some();
+                let walk = if is_gen || is_tier {
+                    None
+                } else {
+                    WalkStats::parse(&toks)
+                };
                 if is_gen {
                     let g = Generation {
                         seq: num(toks[0], "seq", lineno)?,
                         age_ms: num(toks[1], "age", lineno)?,
                         anon: num(toks[2], "anon count", lineno)?,
                         file: num(toks[3], "file count", lineno)?,
+                        walk: None,
                     };
                     let node = memcgs
                         .last_mut()
                         .and_then(|m| m.nodes.last_mut())
                         .with_context(|| format!("line {lineno}: generation before any node"))?;
                     node.gens.push(g);
-                } else if is_full_stats {
+                } else if is_tier {
                     continue;
+                } else if let Some(w) = walk {
+                    let g = memcgs
+                        .last_mut()
+                        .and_then(|m| m.nodes.last_mut())
+                        .and_then(|n| n.gens.last_mut())
+                        .with_context(|| format!("line {lineno}: stats before any generation"))?;
+                    g.walk = Some(w);
                 } else {
                     bail!("line {lineno}: unexpected {line:?}");
                 }
@@ -151,9 +208,35 @@ pub fn parse(text: &str) -> Result<Vec<Memcg>> {
     Ok(memcgs)
 }
 
+/// Path of the MGLRU debugfs file with additional stats.
+pub const LRU_GEN_FULL_DEBUGFS: &str = "/sys/kernel/debug/lru_gen_full";
+
 /// Reads and parses `/sys/kernel/debug/lru_gen`.
 pub fn read() -> Result<Vec<Memcg>> {
     parse(&sys::read(LRU_GEN_DEBUGFS)?)
+}
+
+/// Reads and parses `/sys/kernel/debug/lru_gen_full`.
+pub fn read_full() -> Result<Vec<Memcg>> {
+    parse(&sys::read(LRU_GEN_FULL_DEBUGFS)?)
+}
+
+/// The lruvec of memcg `path` on node `nid`, from `lru_gen_full`.
+pub fn node_full_of(path: &str, nid: u32) -> Result<Node> {
+    let all = read_full()?;
+    let m = find(&all, path).with_context(|| format!("memcg {path} not in lru_gen_full"))?;
+    m.nodes
+        .iter()
+        .find(|n| n.nid == nid)
+        .cloned()
+        .with_context(|| format!("memcg {path} has no node {nid}"))
+}
+
+impl Node {
+    /// The generation with sequence number `seq`.
+    pub fn gen(&self, seq: u64) -> Option<&Generation> {
+        self.gens.iter().find(|g| g.seq == seq)
+    }
 }
 
 /// Finds the memcg with cgroup path `path` (e.g. `/mglru-test`).
@@ -238,6 +321,40 @@ memcg     2 /test
         assert_eq!(t.id, 2);
         assert_eq!(t.nodes[0].youngest().unwrap().anon, 0);
         assert_eq!(t.nodes[0].gens[0].anon, 1024);
+    }
+
+    const FULL: &str = "\
+memcg     3 /aging
+ node     0
+          7        300        100          5 
+                     0          0R          0T          0x          0R          0T          0x 
+                     1          0r          0e          0p          0r          0e          0p 
+                           16390t       8193y          0f          0a      16384c       8192s          0e 
+          8         10          0          0 
+                     0          0R          0T          0x          0R          0T          0x 
+                                0x          0x          0x          0x          0x          0x          0x 
+";
+
+    #[test]
+    fn parses_walk_stats_of_full() {
+        let m = parse(FULL).unwrap();
+        let n = &m[0].nodes[0];
+        assert_eq!(n.gens.len(), 2);
+        let w = n.gen(7).unwrap().walk.as_ref().unwrap();
+        assert_eq!(w.get('T'), Some(16390));
+        assert_eq!(w.get('y'), Some(8193));
+        assert_eq!(w.get('C'), Some(16384));
+        assert_eq!(w.get('s'), Some(8192));
+        assert_eq!(w.get('e'), Some(0));
+        assert_eq!(w.get('q'), None);
+        // The youngest generation prints only "no data" markers.
+        assert_eq!(n.gen(8).unwrap().walk.as_ref().unwrap().counters, vec![]);
+        // 6.12's four-column line parses too.
+        let old = WalkStats::parse(&["5T", "2Y", "0F", "0A"]).unwrap();
+        assert_eq!(old.get('a'), Some(0));
+        assert_eq!(old.get('c'), None);
+        assert!(WalkStats::parse(&["12", "3y"]).is_none());
+        assert!(WalkStats::parse(&["t"]).is_none());
     }
 
     #[test]

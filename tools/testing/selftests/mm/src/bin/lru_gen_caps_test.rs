@@ -1,0 +1,145 @@
+// SPDX-License-Identifier: GPL-2.0
+//! lru_gen_caps_test: `/sys/kernel/mm/lru_gen/enabled` with the series'
+//! capability 0x8 (`LRU_GEN_SECONDARY_MMU_WALK`).
+//!
+//! Every capability bit toggles on its own; `y`/`Y` set all four (`0x000f`),
+//! `n`/`N` clear them; numeric masks in any base `kstrtouint()` takes set
+//! exactly their bits; every invalid write fails with `EINVAL` and leaves
+//! the mask as it was. The mask in force before the test is restored.
+
+use mglru_selftest::features::{self, caps, CapsGuard};
+use mglru_selftest::{bail, ktap::Ktap, sys, Result};
+
+const ALL: u32 = caps::CORE | caps::MM_WALK | caps::NONLEAF_YOUNG | caps::SECONDARY_MMU_WALK;
+const BITS: [(u32, &str); 4] = [
+    (caps::CORE, "core"),
+    (caps::MM_WALK, "mm_walk"),
+    (caps::NONLEAF_YOUNG, "nonleaf_young"),
+    (caps::SECONDARY_MMU_WALK, "secondary_mmu_walk"),
+];
+
+/// Writes that must be rejected, with why.
+const INVALID: &[(&str, &str)] = &[
+    ("0x10", "bit 4 is no capability"),
+    ("0x1f", "known bits plus an unknown one"),
+    ("16", "decimal unknown bit"),
+    ("0x80000000", "top bit"),
+    ("-1", "negative"),
+    ("\n", "empty line"),
+    ("4294967296", "overflows 32 bits"),
+    ("0x100000000", "overflows 32 bits (hex)"),
+    ("99999999999999999999999", "overflows everything"),
+    ("0x3x", "trailing garbage"),
+    ("7 ", "trailing space"),
+    (" 7", "leading space"),
+    ("0x", "prefix only"),
+    ("08", "bad octal digit"),
+    ("yes", "word starting with y"),
+    ("no", "word starting with n"),
+    ("nonsense", "garbage starting with n"),
+    ("y1", "y with trailing garbage"),
+    ("on", "not y/n"),
+    ("true", "not y/n"),
+];
+
+fn expect_caps(want: u32, after: &str) -> Result<()> {
+    let got = features::lru_gen_caps()?;
+    if got != want {
+        bail!("after {after}: caps 0x{got:04x}, expected 0x{want:04x}");
+    }
+    Ok(())
+}
+
+fn write_ok(value: &str, want: u32) -> Result<()> {
+    features::write_lru_gen_enabled(value)?;
+    expect_caps(want, &format!("writing {value:?}"))
+}
+
+fn bits_toggle_independently(t: &Ktap) -> Result<()> {
+    for (bit, name) in BITS {
+        write_ok(&format!("0x{ALL:x}"), ALL)?;
+        write_ok(&format!("0x{:x}", ALL & !bit), ALL & !bit)?;
+        write_ok(&format!("0x{ALL:x}"), ALL)?;
+        write_ok("0", 0)?;
+        write_ok(&format!("{bit}"), bit)?;
+        write_ok("0", 0)?;
+        t.diag(&format!("0x{bit:x} ({name}) toggles alone"));
+    }
+    Ok(())
+}
+
+fn y_and_n() -> Result<()> {
+    for (v, want) in [
+        ("n", 0),
+        ("y", ALL),
+        ("N\n", 0),
+        ("Y\n", ALL),
+        ("n\n", 0),
+        ("y\n", ALL),
+    ] {
+        write_ok(v, want)?;
+    }
+    let text = sys::read(features::LRU_GEN_ENABLED)?;
+    if text != "0x000f\n" {
+        bail!("after y the file reads {text:?}, expected \"0x000f\\n\"");
+    }
+    Ok(())
+}
+
+fn numeric_bases() -> Result<()> {
+    for (v, want) in [
+        ("0xf", 0xf),
+        ("15", 0xf),
+        ("017", 0xf),
+        ("0x0b\n", 0xb),
+        ("9", 0x9),
+        ("0", 0),
+    ] {
+        write_ok(v, want)?;
+    }
+    Ok(())
+}
+
+fn invalid_writes_rejected(t: &Ktap) -> Result<()> {
+    // A distinctive mask that every rejected write must leave alone.
+    let keep = caps::CORE | caps::MM_WALK | caps::SECONDARY_MMU_WALK;
+    write_ok(&format!("0x{keep:x}"), keep)?;
+    let mut bad = Vec::new();
+    for (value, why) in INVALID {
+        match features::write_lru_gen_enabled(value) {
+            Ok(()) => bad.push(format!("{value:?} ({why}) was accepted")),
+            Err(e) if sys::errno_of(&e) == Some(libc::EINVAL) => {}
+            Err(e) => bad.push(format!("{value:?} ({why}) failed with {e:#}, not EINVAL")),
+        }
+        if let Err(e) = expect_caps(keep, &format!("rejected {value:?}")) {
+            bad.push(format!("{e:#}"));
+            write_ok(&format!("0x{keep:x}"), keep)?;
+        }
+    }
+    t.diag(&format!("{} invalid writes tried", INVALID.len()));
+    if !bad.is_empty() {
+        bail!("{}", bad.join("; "));
+    }
+    Ok(())
+}
+
+fn main() {
+    let mut t = Ktap::new(4);
+    let guard = match CapsGuard::save() {
+        Ok(g) => g,
+        Err(e) => Ktap::skip_all(&format!("no {}: {e:#}", features::LRU_GEN_ENABLED)),
+    };
+    t.diag(&format!("caps at start: 0x{:04x}", guard.saved()));
+    t.check(
+        "each_cap_bit_toggles_independently",
+        bits_toggle_independently(&t),
+    );
+    t.check("y_sets_0x000f_n_clears", y_and_n());
+    t.check("numeric_masks_in_any_base", numeric_bases());
+    t.check(
+        "invalid_writes_einval_and_unchanged",
+        invalid_writes_rejected(&t),
+    );
+    drop(guard);
+    t.finish();
+}
