@@ -10,6 +10,9 @@ cd "$KDIR"
 [ -z "$(git status --porcelain --untracked-files=no)" ] ||
 	die "uncommitted changes in $KDIR: commit them first (git add -f for new files)"
 n=$(git rev-list --count "$BASE_TAG"..HEAD)
+# The cover letter is signed by whoever runs format-patch (the committer).
+export GIT_COMMITTER_NAME="mglru-secondary developers"
+export GIT_COMMITTER_EMAIL="mglru-secondary@example.org"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 if [ "$n" -gt 0 ]; then
