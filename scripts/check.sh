@@ -78,6 +78,15 @@ else
 	result checkpatch_no_errors ok
 fi
 
+# The out-of-tree Rust modules: rustfmt with the kernel's config, and a
+# CLIPPY=1 build (same toolchain as the kernel). The kernel crate's own
+# clippy run is in `make lint` (it rebuilds the crate).
+out=$(/usr/bin/rustfmt --check --edition 2021 --config-path "$KDIR/.rustfmt.toml" \
+	"$TOP"/rust/*.rs 2>&1) && result rustfmt_modules ok || result rustfmt_modules fail "$out"
+touch "$TOP"/rust/*.rs
+out=$(kmake CLIPPY=1 M="$TOP" modules 2>&1) && ! printf '%s\n' "$out" | grep -qE '^(warning|error)' &&
+	result clippy_modules ok || result clippy_modules fail "$(printf '%s\n' "$out" | grep -E -A8 '^(warning|error)' | head -n 60)"
+
 log "selftests in the test VM"
 vmout=$(mktemp)
 set +e

@@ -5,7 +5,7 @@
 
 PKGS=(
 	"$KERNEL_PKG=$KERNEL_PKG_VERSION"
-	rustc-web rust-web-src
+	rustc-web rust-web-src rust-web-clippy rustfmt-web
 	"clang-$LLVM_VER" "lld-$LLVM_VER" "llvm-$LLVM_VER" "libclang-$LLVM_VER-dev"
 	flex bison bc libelf-dev libssl-dev cpio busybox-static kmod xz-utils
 	qemu-system-x86 ccache make git python3 gcc libc6-dev

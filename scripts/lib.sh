@@ -39,7 +39,8 @@ export LIBCLANG_PATH=/usr/lib/llvm-$LLVM_VER/lib
 # Arguments every kernel make invocation (tree and out-of-tree modules) gets.
 kmake_args() {
 	printf '%s\n' LLVM=1 LOCALVERSION= \
-		RUSTC=/usr/bin/rustc "RUST_LIB_SRC=$RUST_LIB_SRC" \
+		RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc RUSTFMT=/usr/bin/rustfmt \
+		CLIPPY_DRIVER=/usr/bin/clippy-driver "RUST_LIB_SRC=$RUST_LIB_SRC" \
 		"BINDGEN=$BINDGEN" "-j$(nproc)"
 }
 

@@ -7,13 +7,18 @@
 //! and forced aging ([`lru_gen`]), a minimal KVM guest on kvm-ioctls
 //! ([`kvm`]) and timing ([`timing`]).
 
+pub mod aging;
 pub mod features;
 pub mod ktap;
+pub mod kunit;
 pub mod kvm;
 pub mod lru_gen;
+pub mod lru_mirror;
 pub mod memcg;
 pub mod module;
+pub mod pagemap;
 pub mod sys;
 pub mod timing;
+pub mod units;
 
 pub use anyhow::{bail, Context, Error, Result};

@@ -1,0 +1,560 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! lru_mirror: a software secondary MMU for testing page aging.
+//!
+//! What `lib/test_hmm.c` is to HMM, this is to aging: a "device" that maps a range of a process's
+//! memory into its own page table and accesses pages *through that table*, setting its own
+//! accessed bits and never the host PTE's. Page aging can only learn about those accesses by
+//! asking the device, through its MMU notifier.
+//!
+//! Userspace opens `/dev/lru_mirror` (mode 0600) and uses ioctls (see [`uapi`]):
+//!
+//! - `MIRROR {start, len, flags}`: fault the range in (`pin_user_pages_fast()`, pages are unpinned
+//!   right away) and map it in the device. One mirror per open file. Flag `NO_FAST_OP` registers
+//!   the notifier *without* `test_clear_young_fast_only()`, like a secondary MMU that cannot age
+//!   fast.
+//! - `ACCESS {start, len}`: access the device-mapped pages of the range through the device;
+//!   returns how many pages were accessed (unmapped ones are not).
+//! - `CONFIG flags`: `FAIL_FAST` makes the fast-only op answer "failed" (simulated contention).
+//! - `STATS`: per-op counters; `UNMIRROR`: drop the mirror (closing the file does too).
+//!
+//! The notifier forgets pages on invalidation (munmap, `MADV_DONTNEED`, migration, ...) and on
+//! `release`, and only ever reports young for pages it currently maps. The fast-only op uses
+//! atomics only. Bad ioctl arguments fail with `EINVAL`/`EFAULT`/`EBUSY` and change nothing.
+
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use kernel::{
+    bindings, c_str,
+    miscdevice::{MiscDevice, MiscDeviceRegistration},
+    mm::mmu_notifier::{FastYoung, MmuNotifierOps, Range, Registration},
+    new_mutex,
+    prelude::*,
+    sync::{Arc, Mutex},
+    uaccess::UserSlice,
+};
+
+module! {
+    type: LruMirrorModule,
+    name: "lru_mirror",
+    author: "mglru-secondary developers",
+    description: "Software secondary MMU that exercises fast-only page aging",
+    license: "GPL",
+}
+
+/// The ioctl interface, shared with `tools/testing/selftests/mm` (which redefines it).
+pub mod uapi {
+    use kernel::ioctl::{_IO, _IOR, _IOW};
+
+    /// Argument of [`MIRROR`].
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    pub struct MirrorArgs {
+        /// First address; page aligned.
+        pub start: u64,
+        /// Length in bytes; page aligned, non-zero, at most [`MAX_MIRROR`].
+        pub len: u64,
+        /// [`MIRROR_NO_FAST_OP`] or 0.
+        pub flags: u64,
+    }
+
+    /// Argument of [`ACCESS`].
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    pub struct AccessArgs {
+        /// First address; page aligned, inside the mirror.
+        pub start: u64,
+        /// Length in bytes; page aligned, non-zero, inside the mirror.
+        pub len: u64,
+    }
+
+    /// Result of [`STATS`]: counters since the file was opened.
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    pub struct Stats {
+        /// `test_clear_young_fast_only()` calls, those that answered young, and failed.
+        pub fast_calls: u64,
+        /// See `fast_calls`.
+        pub fast_young: u64,
+        /// See `fast_calls`.
+        pub fast_failed: u64,
+        /// `clear_young()` and `clear_flush_young()` calls, and those that answered young.
+        pub slow_calls: u64,
+        /// See `slow_calls`.
+        pub slow_young: u64,
+        /// `test_young()` calls.
+        pub test_young_calls: u64,
+        /// `invalidate_range_start()` calls that hit the mirror, and pages they unmapped.
+        pub invalidations: u64,
+        /// See `invalidations`.
+        pub invalidated_pages: u64,
+        /// `release()` calls because the process's mm went away (not those of unregistering).
+        pub releases: u64,
+        /// Pages the device maps now.
+        pub mapped_pages: u64,
+        /// Pages accessed through `ACCESS`.
+        pub accessed_pages: u64,
+    }
+
+    /// ioctl type byte.
+    pub const TYPE: u32 = b'm' as u32;
+    /// Map a range.
+    pub const MIRROR: u32 = _IOW::<MirrorArgs>(TYPE, 0x40);
+    /// Drop the mirror.
+    pub const UNMIRROR: u32 = _IO(TYPE, 0x41);
+    /// Access pages through the device.
+    pub const ACCESS: u32 = _IOW::<AccessArgs>(TYPE, 0x42);
+    /// Set [`CONFIG_FAIL_FAST`] (or clear it with 0).
+    pub const CONFIG: u32 = _IOW::<u64>(TYPE, 0x43);
+    /// Read [`Stats`].
+    pub const STATS: u32 = _IOR::<Stats>(TYPE, 0x44);
+
+    /// `MirrorArgs::flags`: register without the fast-only op.
+    pub const MIRROR_NO_FAST_OP: u64 = 1;
+    /// `CONFIG` flag: the fast-only op answers "failed".
+    pub const CONFIG_FAIL_FAST: u64 = 1;
+    /// Largest mirror.
+    pub const MAX_MIRROR: u64 = 1 << 30;
+}
+
+// SAFETY: plain integers; every bit pattern is valid.
+unsafe impl kernel::types::FromBytes for uapi::MirrorArgs {}
+// SAFETY: as above.
+unsafe impl kernel::types::FromBytes for uapi::AccessArgs {}
+// SAFETY: plain integers without padding.
+unsafe impl kernel::types::AsBytes for uapi::Stats {}
+
+const PAGE_SIZE: usize = bindings::PAGE_SIZE;
+const PAGE_SHIFT: u32 = PAGE_SIZE.trailing_zeros();
+/// Highest user address on x86-64 with 5-level paging.
+const USER_END: u64 = 1 << 56;
+/// Pages pinned per `pin_user_pages_fast()` call.
+const PIN_BATCH: usize = 512;
+
+const MAPPED: u8 = 1 << 0;
+const ACCESSED: u8 = 1 << 1;
+
+/// Counters and knobs shared by an open file and its mirror's notifier.
+#[derive(Default)]
+struct Shared {
+    fail_fast: AtomicBool,
+    fast_calls: AtomicU64,
+    fast_young: AtomicU64,
+    fast_failed: AtomicU64,
+    slow_calls: AtomicU64,
+    slow_young: AtomicU64,
+    test_young_calls: AtomicU64,
+    invalidations: AtomicU64,
+    invalidated_pages: AtomicU64,
+    releases: AtomicU64,
+    accessed_pages: AtomicU64,
+}
+
+fn inc(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
+
+/// The device's page table: one byte of state per page of `[start, start + npages pages)`.
+///
+/// # Invariants
+///
+/// `pages.len() == npages`; a page is young for the device only if it is `MAPPED | ACCESSED`,
+/// and every invalidation covering it clears both bits.
+struct MirrorState {
+    start: usize,
+    npages: usize,
+    pages: KVec<AtomicU8>,
+    /// Bumped by every invalidation that hits the mirror (retry check while mapping).
+    seq: AtomicU64,
+    /// Set when the mirror is dropped: the `release` that unregistering calls is not an mm exit.
+    dropping: AtomicBool,
+    shared: Arc<Shared>,
+}
+
+impl MirrorState {
+    fn new(start: usize, npages: usize, shared: Arc<Shared>) -> Result<Self> {
+        let mut pages = KVec::with_capacity(npages, GFP_KERNEL)?;
+        for _ in 0..npages {
+            pages.push(AtomicU8::new(0), GFP_KERNEL)?;
+        }
+        Ok(Self {
+            start,
+            npages,
+            pages,
+            seq: AtomicU64::new(0),
+            dropping: AtomicBool::new(false),
+            shared,
+        })
+    }
+
+    /// Indices of the mirror's pages that intersect `[start, end)`.
+    fn indices(&self, start: usize, end: usize) -> core::ops::Range<usize> {
+        let mirror_end = self.start + (self.npages << PAGE_SHIFT);
+        let lo = start.max(self.start);
+        let hi = end.min(mirror_end);
+        if lo >= hi {
+            return 0..0;
+        }
+        let first = (lo - self.start) >> PAGE_SHIFT;
+        let last = (hi - 1 - self.start) >> PAGE_SHIFT;
+        first..last + 1
+    }
+
+    fn unmap(&self, start: usize, end: usize) -> u64 {
+        let mut n = 0;
+        for i in self.indices(start, end) {
+            if self.pages[i].swap(0, Ordering::AcqRel) & MAPPED != 0 {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Young if a mapped page in the range was accessed; with `clear`, clears what it reports.
+    fn young(&self, start: usize, end: usize, clear: bool) -> bool {
+        let mut young = false;
+        for i in self.indices(start, end) {
+            let v = if clear {
+                self.pages[i]
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                        (v == MAPPED | ACCESSED).then_some(MAPPED)
+                    })
+                    .unwrap_or(0)
+            } else {
+                self.pages[i].load(Ordering::Acquire)
+            };
+            young |= v == MAPPED | ACCESSED;
+        }
+        young
+    }
+
+    fn mapped(&self) -> u64 {
+        self.pages
+            .iter()
+            .filter(|p| p.load(Ordering::Relaxed) & MAPPED != 0)
+            .count() as u64
+    }
+
+    fn release(&self) {
+        for p in self.pages.iter() {
+            p.store(0, Ordering::Release);
+        }
+        self.seq.fetch_add(1, Ordering::AcqRel);
+        if !self.dropping.load(Ordering::Acquire) {
+            inc(&self.shared.releases, 1);
+        }
+    }
+
+    fn invalidate(&self, range: &Range) {
+        if self.indices(range.start(), range.end()).is_empty() {
+            return;
+        }
+        let n = self.unmap(range.start(), range.end());
+        self.seq.fetch_add(1, Ordering::AcqRel);
+        inc(&self.shared.invalidations, 1);
+        inc(&self.shared.invalidated_pages, n);
+    }
+
+    fn slow_young(&self, start: usize, end: usize) -> bool {
+        let young = self.young(start, end, true);
+        inc(&self.shared.slow_calls, 1);
+        inc(&self.shared.slow_young, young as u64);
+        young
+    }
+
+    fn test_young(&self, address: usize) -> bool {
+        inc(&self.shared.test_young_calls, 1);
+        self.young(address, address + 1, false)
+    }
+}
+
+/// The mirror as a secondary MMU that can age fast.
+struct FastMirror(MirrorState);
+
+/// The same mirror registered without the fast-only op (`MIRROR_NO_FAST_OP`).
+struct SlowMirror(MirrorState);
+
+#[vtable]
+impl MmuNotifierOps for FastMirror {
+    fn release(&self) {
+        self.0.release()
+    }
+
+    fn invalidate_range_start(&self, range: &Range) -> Result {
+        self.0.invalidate(range);
+        Ok(())
+    }
+
+    fn clear_flush_young(&self, start: usize, end: usize) -> bool {
+        self.0.slow_young(start, end)
+    }
+
+    fn clear_young(&self, start: usize, end: usize) -> bool {
+        self.0.slow_young(start, end)
+    }
+
+    fn test_young(&self, address: usize) -> bool {
+        self.0.test_young(address)
+    }
+
+    fn test_clear_young_fast_only(&self, start: usize, end: usize, clear: bool) -> FastYoung {
+        let shared = &self.0.shared;
+        inc(&shared.fast_calls, 1);
+        if shared.fail_fast.load(Ordering::Relaxed) {
+            inc(&shared.fast_failed, 1);
+            return FastYoung::Failed;
+        }
+        let young = self.0.young(start, end, clear);
+        inc(&shared.fast_young, young as u64);
+        FastYoung::from(young)
+    }
+}
+
+#[vtable]
+impl MmuNotifierOps for SlowMirror {
+    fn release(&self) {
+        self.0.release()
+    }
+
+    fn invalidate_range_start(&self, range: &Range) -> Result {
+        self.0.invalidate(range);
+        Ok(())
+    }
+
+    fn clear_flush_young(&self, start: usize, end: usize) -> bool {
+        self.0.slow_young(start, end)
+    }
+
+    fn clear_young(&self, start: usize, end: usize) -> bool {
+        self.0.slow_young(start, end)
+    }
+
+    fn test_young(&self, address: usize) -> bool {
+        self.0.test_young(address)
+    }
+}
+
+enum Mirror {
+    Fast(Pin<KBox<Registration<FastMirror>>>),
+    Slow(Pin<KBox<Registration<SlowMirror>>>),
+}
+
+impl Drop for Mirror {
+    fn drop(&mut self) {
+        // Runs before the registration is dropped (unregistered).
+        self.state().dropping.store(true, Ordering::Release);
+    }
+}
+
+impl Mirror {
+    fn state(&self) -> &MirrorState {
+        match self {
+            Mirror::Fast(r) => &r.data().0,
+            Mirror::Slow(r) => &r.data().0,
+        }
+    }
+}
+
+/// One open file.
+#[pin_data]
+struct Session {
+    #[pin]
+    mirror: Mutex<Option<Mirror>>,
+    shared: Arc<Shared>,
+}
+
+/// Faults `[start, start + npages pages)` in, as a device fault would, without keeping pins.
+fn fault_in(start: usize, npages: usize) -> Result {
+    let mut pages: KVec<*mut bindings::page> = KVec::with_capacity(PIN_BATCH, GFP_KERNEL)?;
+    for _ in 0..PIN_BATCH {
+        pages.push(core::ptr::null_mut(), GFP_KERNEL)?;
+    }
+    let mut done = 0;
+    while done < npages {
+        let want = (npages - done).min(PIN_BATCH);
+        let addr = start + (done << PAGE_SHIFT);
+        // SAFETY: `pages` has room for `want` entries; the address range is user memory of the
+        // current task (pin_user_pages_fast() checks it and fails for anything else).
+        let got =
+            unsafe { bindings::pin_user_pages_fast(addr as _, want as i32, 0, pages.as_mut_ptr()) };
+        if got <= 0 {
+            return Err(EFAULT);
+        }
+        // SAFETY: the first `got` entries were filled with pinned pages by the call above.
+        unsafe { bindings::unpin_user_pages(pages.as_mut_ptr(), got as _) };
+        done += got as usize;
+    }
+    Ok(())
+}
+
+fn page_aligned(x: u64) -> bool {
+    x & (PAGE_SIZE as u64 - 1) == 0
+}
+
+impl Session {
+    fn mirror(&self, args: uapi::MirrorArgs) -> Result<isize> {
+        let end = args.start.checked_add(args.len).ok_or(EINVAL)?;
+        if args.len == 0
+            || !page_aligned(args.start)
+            || !page_aligned(args.len)
+            || args.len > uapi::MAX_MIRROR
+            || end > USER_END
+            || args.flags & !uapi::MIRROR_NO_FAST_OP != 0
+        {
+            return Err(EINVAL);
+        }
+        let mut guard = self.mirror.lock();
+        if guard.is_some() {
+            return Err(EBUSY);
+        }
+        let start = args.start as usize;
+        let npages = (args.len as usize) >> PAGE_SHIFT;
+        let state = MirrorState::new(start, npages, self.shared.clone())?;
+        // The notifier is registered before faulting in, so no invalidation is missed.
+        let mirror = if args.flags & uapi::MIRROR_NO_FAST_OP != 0 {
+            Mirror::Slow(KBox::pin_init(
+                Registration::new_for_current(SlowMirror(state)),
+                GFP_KERNEL,
+            )?)
+        } else {
+            Mirror::Fast(KBox::pin_init(
+                Registration::new_for_current(FastMirror(state)),
+                GFP_KERNEL,
+            )?)
+        };
+        let st = mirror.state();
+        for _ in 0..8 {
+            let seq = st.seq.load(Ordering::Acquire);
+            fault_in(start, npages)?;
+            for p in st.pages.iter() {
+                p.store(MAPPED, Ordering::Release);
+            }
+            if st.seq.load(Ordering::Acquire) == seq {
+                *guard = Some(mirror);
+                return Ok(0);
+            }
+            // An invalidation raced with mapping: start over.
+            st.unmap(start, start + (npages << PAGE_SHIFT));
+        }
+        Err(EAGAIN)
+    }
+
+    fn access(&self, args: uapi::AccessArgs) -> Result<isize> {
+        let guard = self.mirror.lock();
+        let st = guard.as_ref().ok_or(EINVAL)?.state();
+        let end = args.start.checked_add(args.len).ok_or(EINVAL)?;
+        let mirror_end = (st.start + (st.npages << PAGE_SHIFT)) as u64;
+        if args.len == 0
+            || !page_aligned(args.start)
+            || !page_aligned(args.len)
+            || args.start < st.start as u64
+            || end > mirror_end
+        {
+            return Err(EINVAL);
+        }
+        let mut n = 0u64;
+        for i in st.indices(args.start as usize, end as usize) {
+            let r = st.pages[i].fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                (v & MAPPED != 0).then_some(v | ACCESSED)
+            });
+            n += r.is_ok() as u64;
+        }
+        inc(&self.shared.accessed_pages, n);
+        Ok(n as isize)
+    }
+
+    fn config(&self, flags: u64) -> Result<isize> {
+        if flags & !uapi::CONFIG_FAIL_FAST != 0 {
+            return Err(EINVAL);
+        }
+        self.shared
+            .fail_fast
+            .store(flags & uapi::CONFIG_FAIL_FAST != 0, Ordering::Relaxed);
+        Ok(0)
+    }
+
+    fn stats(&self) -> uapi::Stats {
+        let s = &self.shared;
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        uapi::Stats {
+            fast_calls: get(&s.fast_calls),
+            fast_young: get(&s.fast_young),
+            fast_failed: get(&s.fast_failed),
+            slow_calls: get(&s.slow_calls),
+            slow_young: get(&s.slow_young),
+            test_young_calls: get(&s.test_young_calls),
+            invalidations: get(&s.invalidations),
+            invalidated_pages: get(&s.invalidated_pages),
+            releases: get(&s.releases),
+            mapped_pages: self
+                .mirror
+                .lock()
+                .as_ref()
+                .map_or(0, |m| m.state().mapped()),
+            accessed_pages: get(&s.accessed_pages),
+        }
+    }
+}
+
+struct LruMirror;
+
+#[vtable]
+impl MiscDevice for LruMirror {
+    type Ptr = Pin<KBox<Session>>;
+
+    fn open() -> Result<Pin<KBox<Session>>> {
+        let shared = Arc::new(Shared::default(), GFP_KERNEL)?;
+        KBox::pin_init(
+            pin_init!(Session {
+                mirror <- new_mutex!(None),
+                shared,
+            }),
+            GFP_KERNEL,
+        )
+    }
+
+    fn ioctl(session: Pin<&Session>, cmd: u32, arg: usize) -> Result<isize> {
+        match cmd {
+            uapi::MIRROR => {
+                let size = core::mem::size_of::<uapi::MirrorArgs>();
+                let args = UserSlice::new(arg, size).reader().read()?;
+                session.mirror(args)
+            }
+            uapi::UNMIRROR => {
+                // Unregisters: waits for running callbacks.
+                session.mirror.lock().take().ok_or(EINVAL)?;
+                Ok(0)
+            }
+            uapi::ACCESS => {
+                let size = core::mem::size_of::<uapi::AccessArgs>();
+                let args = UserSlice::new(arg, size).reader().read()?;
+                session.access(args)
+            }
+            uapi::CONFIG => {
+                let flags = UserSlice::new(arg, 8).reader().read::<u64>()?;
+                session.config(flags)
+            }
+            uapi::STATS => {
+                let stats = session.stats();
+                let size = core::mem::size_of::<uapi::Stats>();
+                UserSlice::new(arg, size).writer().write(&stats)?;
+                Ok(0)
+            }
+            _ => Err(ENOTTY),
+        }
+    }
+}
+
+struct LruMirrorModule {
+    _dev: Pin<KBox<MiscDeviceRegistration<LruMirror>>>,
+}
+
+impl kernel::Module for LruMirrorModule {
+    fn init(module: &'static ThisModule) -> Result<Self> {
+        let dev = KBox::pin_init(
+            MiscDeviceRegistration::register(c_str!("lru_mirror"), 0o600, module),
+            GFP_KERNEL,
+        )?;
+        pr_info!("/dev/lru_mirror ready\n");
+        Ok(Self { _dev: dev })
+    }
+}

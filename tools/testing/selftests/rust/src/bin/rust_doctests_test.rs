@@ -1,0 +1,67 @@
+// SPDX-License-Identifier: GPL-2.0
+//! rust_doctests_test: the kernel crate's Rust doctests, run as the KUnit
+//! suite `rust_doctests_kernel` at boot (`CONFIG_RUST_KERNEL_DOCTESTS`),
+//! passed — in particular those of the series' abstractions
+//! (`kernel::mm::mmu_notifier`, `kernel::miscdevice`).
+
+use mglru_selftest::kunit::{self, KtapResult};
+use mglru_selftest::{bail, ktap::Ktap, sys, Result};
+
+const SUITE: &str = "rust_doctests_kernel";
+
+fn check_suite(results: &[KtapResult], t: &Ktap) -> Result<()> {
+    let suite = results
+        .iter()
+        .find(|r| r.name == SUITE && r.depth == 0)
+        .ok_or_else(|| anyhow::anyhow!("no {SUITE} result in the kernel log (KUnit not run?)"))?;
+    let failed: Vec<_> = results
+        .iter()
+        .filter(|r| r.depth == 1 && r.name.starts_with("rust_doctest_kernel") && !r.ok)
+        .map(|r| r.name.as_str())
+        .collect();
+    let n = results
+        .iter()
+        .filter(|r| r.depth == 1 && r.name.starts_with("rust_doctest_kernel"))
+        .count();
+    t.diag(&format!("{SUITE}: {n} doctests, {} failed", failed.len()));
+    if !suite.ok || !failed.is_empty() {
+        bail!("{SUITE} failed: {failed:?}");
+    }
+    Ok(())
+}
+
+fn check_cases(results: &[KtapResult], t: &Ktap, file: &str) -> Result<()> {
+    let cases: Vec<_> = results
+        .iter()
+        .filter(|r| r.depth == 1 && r.name.contains(file))
+        .collect();
+    if cases.is_empty() {
+        bail!("no doctest of {file} ran");
+    }
+    for c in &cases {
+        if !c.ok || c.skipped {
+            bail!("{} did not pass: {c:?}", c.name);
+        }
+    }
+    t.diag(&format!("{file}: {} doctests passed", cases.len()));
+    Ok(())
+}
+
+fn main() {
+    let mut t = Ktap::new(3);
+    let log = match sys::dmesg() {
+        Ok(l) => l,
+        Err(e) => Ktap::skip_all(&format!("cannot read the kernel log: {e:#}")),
+    };
+    let results = kunit::results(&log);
+    t.check("rust_doctests_kernel_passed", check_suite(&results, &t));
+    t.check(
+        "mmu_notifier_doctests_passed",
+        check_cases(&results, &t, "mm_mmu_notifier_rs"),
+    );
+    t.check(
+        "miscdevice_doctests_passed",
+        check_cases(&results, &t, "miscdevice_rs"),
+    );
+    t.finish();
+}
