@@ -332,12 +332,27 @@ impl TouchVm {
     /// Splits pages `first..first+count` evenly over all vCPUs and has them
     /// access their share concurrently (one thread per vCPU).
     pub fn touch_all(&mut self, first: usize, count: usize, access: Access) -> Result<()> {
-        let pages = self.mem.pages();
         let n = self.vcpus.len();
+        self.touch_with(n, first, count, access)
+    }
+
+    /// Like [`TouchVm::touch_all`], with only the first `n` vCPUs.
+    pub fn touch_with(
+        &mut self,
+        n: usize,
+        first: usize,
+        count: usize,
+        access: Access,
+    ) -> Result<()> {
+        if n == 0 || n > self.vcpus.len() {
+            bail!("{n} of {} vCPUs requested", self.vcpus.len());
+        }
+        let pages = self.mem.pages();
         std::thread::scope(|s| {
             let handles: Vec<_> = self
                 .vcpus
                 .iter_mut()
+                .take(n)
                 .enumerate()
                 .map(|(i, vcpu)| {
                     let lo = first + count * i / n;

@@ -199,6 +199,9 @@ pub fn parse(text: &str) -> Result<Vec<Memcg>> {
         bail!("truncated: last line has no newline");
     }
     for m in &memcgs {
+        if m.nodes.is_empty() {
+            bail!("memcg {} lists no node", m.id);
+        }
         for n in &m.nodes {
             if n.gens.is_empty() {
                 bail!("memcg {} node {} lists no generation", m.id, n.nid);
@@ -355,6 +358,110 @@ memcg     3 /aging
         assert_eq!(old.get('c'), None);
         assert!(WalkStats::parse(&["12", "3y"]).is_none());
         assert!(WalkStats::parse(&["t"]).is_none());
+    }
+
+    // Captured from the test kernel by scripts/capture-lru-gen (two memcgs
+    // with 8 and 16 MiB of shmem, each aged once; multinode: numa=fake=2).
+    const SINGLE: &str = include_str!("../testdata/lru_gen_single.txt");
+    const FULL_SINGLE: &str = include_str!("../testdata/lru_gen_full_single.txt");
+    const MULTI: &str = include_str!("../testdata/lru_gen_multinode.txt");
+    const FULL_MULTI: &str = include_str!("../testdata/lru_gen_full_multinode.txt");
+
+    fn check_captured(text: &str, nodes: usize) -> Vec<Memcg> {
+        let m = parse(text).unwrap();
+        let paths: Vec<_> = m.iter().map(|c| c.path.as_str()).collect();
+        assert_eq!(paths, ["/", "/cap-a", "/cap-b"]);
+        for c in &m {
+            assert_eq!(c.nodes.len(), nodes, "memcg {}", c.path);
+            for n in &c.nodes {
+                assert!(n.gens.len() >= 2, "memcg {} node {}", c.path, n.nid);
+                let seqs: Vec<_> = n.gens.iter().map(|g| g.seq).collect();
+                assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+            }
+        }
+        // 8 and 16 MiB of shmem (anon LRU), on whichever node they landed.
+        let anon = |p: &str| -> u64 {
+            find(&m, p)
+                .unwrap()
+                .nodes
+                .iter()
+                .map(Node::total_anon)
+                .sum()
+        };
+        assert!(anon("/cap-a") >= 2000, "cap-a anon {}", anon("/cap-a"));
+        assert!(anon("/cap-b") >= 4000, "cap-b anon {}", anon("/cap-b"));
+        m
+    }
+
+    #[test]
+    fn parses_captured_single_node() {
+        let plain = check_captured(SINGLE, 1);
+        let full = check_captured(FULL_SINGLE, 1);
+        // Same generations in both files, and the same page counts in the
+        // idle test memcgs (the root's changed between the two reads).
+        for (a, b) in plain.iter().zip(&full) {
+            let idle = a.path != "/";
+            let key = |g: &Generation| (g.seq, if idle { g.anon } else { 0 });
+            let sa: Vec<_> = a.nodes[0].gens.iter().map(key).collect();
+            let sb: Vec<_> = b.nodes[0].gens.iter().map(key).collect();
+            assert_eq!(sa, sb, "memcg {}", a.path);
+        }
+        // lru_gen has no walk stats; lru_gen_full has them for every
+        // generation, and the aged memcgs' walks visited leaf entries.
+        assert!(plain
+            .iter()
+            .all(|c| c.nodes[0].gens.iter().all(|g| g.walk.is_none())));
+        // The series' seven counters (t y f a c s e) on every generation but
+        // the youngest, which has no history yet ("x").
+        for c in &full {
+            let n = &c.nodes[0];
+            let max = n.max_seq().unwrap();
+            for g in &n.gens {
+                let w = g.walk.as_ref().unwrap();
+                let want = if g.seq == max { 0 } else { 7 };
+                assert_eq!(w.counters.len(), want, "memcg {} gen {}", c.path, g.seq);
+            }
+        }
+    }
+
+    #[test]
+    fn parses_captured_multi_node() {
+        check_captured(MULTI, 2);
+        let full = check_captured(FULL_MULTI, 2);
+        assert_eq!(full[0].nodes[1].nid, 1);
+    }
+
+    #[test]
+    fn rejects_truncated_captures() {
+        for text in [SINGLE, FULL_SINGLE, MULTI, FULL_MULTI] {
+            // Cut inside every 7th line: never a complete file.
+            for (i, _) in text.match_indices('\n').step_by(7) {
+                if i > 3 {
+                    assert!(parse(&text[..i - 2]).is_err(), "cut at {i} accepted");
+                }
+            }
+            // Cut right after a memcg or node header: no generation follows.
+            let hdr = text.find("\n node").unwrap();
+            assert!(parse(&text[..hdr + 1]).is_err());
+        }
+    }
+
+    #[test]
+    fn rejects_garbage_in_captures() {
+        for text in [SINGLE, FULL_MULTI] {
+            let mid = text.len() / 2;
+            let at = mid + text[mid..].find('\n').unwrap() + 1;
+            for junk in [
+                "oops\n",
+                "memcg\n",
+                " node x\n",
+                "1 2 3\n",
+                "       7 8 9 10 11\n",
+            ] {
+                let bad = format!("{}{junk}{}", &text[..at], &text[at..]);
+                assert!(parse(&bad).is_err(), "{junk:?} accepted");
+            }
+        }
     }
 
     #[test]
