@@ -273,29 +273,40 @@ struct FastMirror(MirrorState);
 /// The same mirror registered without the fast-only op (`MIRROR_NO_FAST_OP`).
 struct SlowMirror(MirrorState);
 
-#[vtable]
-impl MmuNotifierOps for FastMirror {
-    fn release(&self) {
-        self.0.release()
-    }
+/// Implements [`MmuNotifierOps`] for a mirror type: the operations both
+/// registrations share, plus the extra ones given (a macro, so that
+/// `#[vtable]` sees every method it must put in the C table).
+macro_rules! mirror_ops {
+    ($ty:ty { $($extra:tt)* }) => {
+        #[vtable]
+        impl MmuNotifierOps for $ty {
+            fn release(&self) {
+                self.0.release()
+            }
 
-    fn invalidate_range_start(&self, range: &Range) -> Result {
-        self.0.invalidate(range);
-        Ok(())
-    }
+            fn invalidate_range_start(&self, range: &Range) -> Result {
+                self.0.invalidate(range);
+                Ok(())
+            }
 
-    fn clear_flush_young(&self, start: usize, end: usize) -> bool {
-        self.0.slow_young(start, end)
-    }
+            fn clear_flush_young(&self, start: usize, end: usize) -> bool {
+                self.0.slow_young(start, end)
+            }
 
-    fn clear_young(&self, start: usize, end: usize) -> bool {
-        self.0.slow_young(start, end)
-    }
+            fn clear_young(&self, start: usize, end: usize) -> bool {
+                self.0.slow_young(start, end)
+            }
 
-    fn test_young(&self, address: usize) -> bool {
-        self.0.test_young(address)
-    }
+            fn test_young(&self, address: usize) -> bool {
+                self.0.test_young(address)
+            }
 
+            $($extra)*
+        }
+    };
+}
+
+mirror_ops!(FastMirror {
     fn test_clear_young_fast_only(&self, start: usize, end: usize, clear: bool) -> FastYoung {
         let shared = &self.0.shared;
         inc(&shared.fast_calls, 1);
@@ -307,31 +318,9 @@ impl MmuNotifierOps for FastMirror {
         inc(&shared.fast_young, young as u64);
         FastYoung::from(young)
     }
-}
+});
 
-#[vtable]
-impl MmuNotifierOps for SlowMirror {
-    fn release(&self) {
-        self.0.release()
-    }
-
-    fn invalidate_range_start(&self, range: &Range) -> Result {
-        self.0.invalidate(range);
-        Ok(())
-    }
-
-    fn clear_flush_young(&self, start: usize, end: usize) -> bool {
-        self.0.slow_young(start, end)
-    }
-
-    fn clear_young(&self, start: usize, end: usize) -> bool {
-        self.0.slow_young(start, end)
-    }
-
-    fn test_young(&self, address: usize) -> bool {
-        self.0.test_young(address)
-    }
-}
+mirror_ops!(SlowMirror {});
 
 enum Mirror {
     Fast(Pin<KBox<Registration<FastMirror>>>),

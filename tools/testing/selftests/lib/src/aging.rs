@@ -8,6 +8,7 @@
 //! heap pages that happen to be young) counts as "untouched promoted"; it is
 //! a few pages.
 
+use crate::features::CapsGuard;
 use crate::lru_gen::{self, WalkStats};
 use crate::memcg::Memcg;
 use crate::timing::{ms, timed};
@@ -96,13 +97,22 @@ impl Pass {
     }
 }
 
+/// Remembers the MGLRU capability mask (restored when the guard drops) and
+/// moves the calling process into a fresh memcg `name`: the sandbox every
+/// aging test runs in. Drop the memcg before the guard.
+pub fn enter_sandbox(name: &str) -> Result<(CapsGuard, Memcg)> {
+    let guard = CapsGuard::save()?;
+    let cg = Memcg::create(name)?;
+    cg.enter()?;
+    Ok((guard, cg))
+}
+
 /// Forces one aging pass on the memcg (node [`NID`]); returns the
 /// `max_seq` it started from (the generation it filled) and its wall time.
 pub fn age_once(cg: &Memcg) -> Result<(u64, Duration)> {
-    let id = cg.lru_gen_id()?;
-    let max = lru_gen::node_of(&cg.path(), NID)?
-        .max_seq()
-        .context("no generations")?;
+    let all = lru_gen::read()?;
+    let (id, node) = lru_gen::lruvec_in(&all, &cg.path(), NID)?;
+    let max = node.max_seq().context("no generations")?;
     let (r, t) = timed(|| lru_gen::age(id, NID, max, true, true));
     r.with_context(|| format!("aging memcg {} from max_seq {max}", cg.path()))?;
     Ok((max, t))

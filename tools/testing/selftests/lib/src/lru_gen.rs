@@ -226,13 +226,18 @@ pub fn read_full() -> Result<Vec<Memcg>> {
 
 /// The lruvec of memcg `path` on node `nid`, from `lru_gen_full`.
 pub fn node_full_of(path: &str, nid: u32) -> Result<Node> {
-    let all = read_full()?;
-    let m = find(&all, path).with_context(|| format!("memcg {path} not in lru_gen_full"))?;
-    m.nodes
+    lruvec_in(&read_full()?, path, nid).map(|(_, n)| n.clone())
+}
+
+/// The id of memcg `path` and its lruvec on node `nid`, in parsed text.
+pub fn lruvec_in<'a>(all: &'a [Memcg], path: &str, nid: u32) -> Result<(u32, &'a Node)> {
+    let m = find(all, path).with_context(|| format!("memcg {path} not listed"))?;
+    let n = m
+        .nodes
         .iter()
         .find(|n| n.nid == nid)
-        .cloned()
-        .with_context(|| format!("memcg {path} has no node {nid}"))
+        .with_context(|| format!("memcg {path} has no node {nid}"))?;
+    Ok((m.id, n))
 }
 
 impl Node {
@@ -285,13 +290,7 @@ pub fn age_memcg(path: &str, nid: u32) -> Result<(Node, Node)> {
 
 /// The lruvec of memcg `path` on node `nid`.
 pub fn node_of(path: &str, nid: u32) -> Result<Node> {
-    let all = read()?;
-    let m = find(&all, path).with_context(|| format!("memcg {path} not in lru_gen"))?;
-    m.nodes
-        .iter()
-        .find(|n| n.nid == nid)
-        .cloned()
-        .with_context(|| format!("memcg {path} has no node {nid}"))
+    lruvec_in(&read()?, path, nid).map(|(_, n)| n.clone())
 }
 
 #[cfg(test)]

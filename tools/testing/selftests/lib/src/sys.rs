@@ -115,6 +115,16 @@ impl DmesgWatch {
             .map(str::to_owned)
             .collect())
     }
+
+    /// Fails, listing them, if the kernel logged warnings or BUGs since
+    /// [`DmesgWatch::start`].
+    pub fn expect_clean(&self) -> Result<()> {
+        let bugs = self.new_bug_lines()?;
+        if !bugs.is_empty() {
+            anyhow::bail!("kernel log gained: {bugs:#?}");
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -27,7 +27,7 @@
 
 use clap::{CommandFactory, Parser, ValueEnum};
 use mglru_selftest::aging::{self, age_once, Pass, MIN_TOUCHED};
-use mglru_selftest::features::{self, caps, CapsGuard};
+use mglru_selftest::features::{self, caps};
 use mglru_selftest::kvm::{Access, Backing, TouchVm, MAX_DATA, PAGE_SIZE};
 use mglru_selftest::memcg::Memcg;
 use mglru_selftest::timing::{ms, timed, Stats};
@@ -388,10 +388,7 @@ fn races(t: &Ktap, cg: &Memcg) -> Result<()> {
     if n < u64::from(ROUNDS) {
         bail!("only {n} aging passes ran concurrently");
     }
-    let bugs = watch.new_bug_lines()?;
-    if !bugs.is_empty() {
-        bail!("kernel log gained: {bugs:#?}");
-    }
+    watch.expect_clean()?;
     Ok(())
 }
 
@@ -626,13 +623,7 @@ fn main() {
 
     let planned = if o.perf { 5 } else { 7 };
     let mut t = Ktap::new(planned);
-    let setup = (|| -> Result<(CapsGuard, Memcg)> {
-        let guard = CapsGuard::save()?;
-        let cg = Memcg::create(MEMCG)?;
-        cg.enter()?;
-        Ok((guard, cg))
-    })();
-    let (guard, cg) = match setup {
+    let (guard, cg) = match aging::enter_sandbox(MEMCG) {
         Ok(v) => v,
         Err(e) => Ktap::skip_all(&format!("no memcg/lru_gen to test with: {e:#}")),
     };
@@ -720,11 +711,7 @@ fn main() {
         t.check("accuracy_thp_0x8_on", thp_accuracy(&t, &cg));
         let mut race = races(&t, &cg);
         if let (Ok(()), Some(w)) = (&race, &watch) {
-            match w.new_bug_lines() {
-                Ok(b) if !b.is_empty() => race = Err(anyhow::anyhow!("kernel log gained: {b:#?}")),
-                Err(e) => race = Err(e),
-                _ => {}
-            }
+            race = w.expect_clean();
         }
         t.check("aging_races_faults_memslots_teardown", race);
     }

@@ -16,7 +16,7 @@
 //! `--mirror-exit` and `--mirror-hold` run child processes for the last two.
 
 use mglru_selftest::aging::{self, Pass};
-use mglru_selftest::features::{self, caps, CapsGuard};
+use mglru_selftest::features::{self, caps};
 use mglru_selftest::kvm::{Backing, HostMem, PAGE_SIZE};
 use mglru_selftest::lru_mirror::{self, Mirror, Stats};
 use mglru_selftest::memcg::Memcg;
@@ -442,10 +442,7 @@ fn close_and_exit_clean(t: &Ktap) -> Result<()> {
     if !st.success() {
         bail!("--mirror-exit child failed: {st}");
     }
-    let bugs = watch.new_bug_lines()?;
-    if !bugs.is_empty() {
-        bail!("kernel log gained: {bugs:#?}");
-    }
+    watch.expect_clean()?;
     t.diag("closed a mirrored fd; a process exited while mirrored");
     Ok(())
 }
@@ -494,10 +491,7 @@ fn rmmod_while_mirrored(t: &Ktap) -> Result<()> {
         );
     }
     module::unload(lru_mirror::MODULE).context("rmmod after the child exited")?;
-    let bugs = watch.new_bug_lines()?;
-    if !bugs.is_empty() {
-        bail!("kernel log gained: {bugs:#?}");
-    }
+    watch.expect_clean()?;
     t.diag(&format!(
         "refcnt {base} -> {held} while mirrored; rmmod refused, then clean"
     ));
@@ -526,13 +520,7 @@ fn main() {
     }
 
     let mut t = Ktap::new(11);
-    let setup = (|| -> Result<(CapsGuard, Memcg)> {
-        let guard = CapsGuard::save()?;
-        let cg = Memcg::create(MEMCG)?;
-        cg.enter()?;
-        Ok((guard, cg))
-    })();
-    let (guard, cg) = match setup {
+    let (guard, cg) = match aging::enter_sandbox(MEMCG) {
         Ok(v) => v,
         Err(e) => Ktap::skip_all(&format!("no memcg/lru_gen to test with: {e:#}")),
     };
@@ -557,11 +545,7 @@ fn main() {
     t.check("invalid_ioctls_rejected_unchanged", invalid_ioctls(&t));
     let mut clean = close_and_exit_clean(&t);
     if let (Ok(()), Some(w)) = (&clean, &watch) {
-        match w.new_bug_lines() {
-            Ok(b) if !b.is_empty() => clean = Err(anyhow::anyhow!("kernel log gained: {b:#?}")),
-            Err(e) => clean = Err(e),
-            _ => {}
-        }
+        clean = w.expect_clean();
     }
     t.check("close_and_exit_while_mirrored_clean", clean);
     t.check(
