@@ -78,6 +78,16 @@ else
 	result checkpatch_no_errors ok
 fi
 
+# The README's set-up on a fresh Debian 12 (debootstrap root, chroot): skips
+# itself, with the reason, when the set-up files are unchanged since its last
+# pass on this machine; a new machine (CI) always runs it.
+out=$("$TOP/scripts/fresh-check") && rc=0 || rc=$?
+case $rc in
+0) result "fresh_system_setup" ok ;;
+4) result "fresh_system_setup" skip "$out" ;;
+*) result "fresh_system_setup" fail "$out" ;;
+esac
+
 # The out-of-tree Rust modules: rustfmt with the kernel's config, and a
 # CLIPPY=1 build (same toolchain as the kernel). The kernel crate's own
 # clippy run is in `make lint` (it rebuilds the crate).

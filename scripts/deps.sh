@@ -9,6 +9,9 @@ PKGS=(
 	"clang-$LLVM_VER" "lld-$LLVM_VER" "llvm-$LLVM_VER" "libclang-$LLVM_VER-dev"
 	flex bison bc libelf-dev libssl-dev cpio busybox-static kmod xz-utils
 	qemu-system-x86 ccache make git python3 gcc libc6-dev
+	# cargo (crates.io over https) needs the CA bundle, which a minimal
+	# Debian lacks; debootstrap builds the fresh-system check's root.
+	ca-certificates debootstrap
 )
 
 missing=()
@@ -37,8 +40,12 @@ if [ "${#missing[@]}" -gt 0 ]; then
 	fi
 fi
 
-[ -n "$RUST_LIB_SRC" ] && [ -d "$RUST_LIB_SRC/core" ] ||
+# Derived from what is installed now, i.e. after the install above.
+rust_lib=$(rust_lib_src)
+[ -n "$rust_lib" ] && [ -d "$rust_lib/core" ] ||
 	die "rust-web-src did not provide /usr/src/rustc-*/library"
+ensure_ccache_bin
+command -v cargo >/dev/null || die "cargo-web did not provide cargo"
 
 if [ ! -x "$BINDGEN" ]; then
 	log "installing bindgen-cli $BINDGEN_VERSION from crates.io into $TOOLS_DIR"

@@ -15,7 +15,16 @@ KERNEL_VERSION=6.12.117
 # Toolchain pins.
 LLVM_VER=19
 BINDGEN_VERSION=0.69.5
-RUST_LIB_SRC=$(ls -d /usr/src/rustc-*/library 2>/dev/null | sort -V | tail -n 1 || true)
+
+# Nothing below may look at what is installed when this file is sourced:
+# deps.sh sources it before it installs the packages (issue 12).  Values that
+# depend on installed files are functions, evaluated when used.
+
+# The Rust standard library source the kernel's Rust build needs
+# (rust-web-src installs it as /usr/src/rustc-VERSION/library).
+rust_lib_src() {
+	ls -d /usr/src/rustc-*/library 2>/dev/null | sort -V | tail -n 1 || true
+}
 
 # Everything built lives outside the git clone, keyed by version, so fresh
 # clones (CI) reuse it.
@@ -28,24 +37,30 @@ export CCACHE_DIR=${CCACHE_DIR:-$MGLRU_CACHE/ccache}
 
 # ccache in masquerade mode: "CC=ccache clang" would leak into rustc's
 # -Clinker= for host programs, so put clang symlinks to ccache first in PATH.
+# The directory is on PATH from the start (a missing directory is harmless);
+# the symlink is made by ensure_ccache_bin once ccache is installed.
 CCACHE_BIN=$TOOLS_DIR/ccache-bin
-if [ ! -e "$CCACHE_BIN/clang" ] && command -v ccache >/dev/null; then
-	mkdir -p "$CCACHE_BIN"
-	ln -sf "$(command -v ccache)" "$CCACHE_BIN/clang"
-fi
 export PATH=$CCACHE_BIN:/usr/lib/llvm-$LLVM_VER/bin:$PATH
 export LIBCLANG_PATH=/usr/lib/llvm-$LLVM_VER/lib
+
+ensure_ccache_bin() {
+	[ ! -e "$CCACHE_BIN/clang" ] || return 0
+	command -v ccache >/dev/null || return 0
+	mkdir -p "$CCACHE_BIN"
+	ln -sf "$(command -v ccache)" "$CCACHE_BIN/clang"
+}
 
 # Arguments every kernel make invocation (tree and out-of-tree modules) gets.
 kmake_args() {
 	printf '%s\n' LLVM=1 LOCALVERSION= \
 		RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc RUSTFMT=/usr/bin/rustfmt \
-		CLIPPY_DRIVER=/usr/bin/clippy-driver "RUST_LIB_SRC=$RUST_LIB_SRC" \
+		CLIPPY_DRIVER=/usr/bin/clippy-driver "RUST_LIB_SRC=$(rust_lib_src)" \
 		"BINDGEN=$BINDGEN" "-j$(nproc)"
 }
 
 kmake() {
 	local args
+	ensure_ccache_bin
 	mapfile -t args < <(kmake_args)
 	make -C "$KDIR" "${args[@]}" "$@"
 }
