@@ -15,7 +15,11 @@
 //!   fast.
 //! - `ACCESS {start, len}`: access the device-mapped pages of the range through the device;
 //!   returns how many pages were accessed (unmapped ones are not).
-//! - `CONFIG flags`: `FAIL_FAST` makes the fast-only op answer "failed" (simulated contention).
+//! - `CONFIG flags`: `FAIL_FAST` makes the fast-only op answer "failed" (simulated contention);
+//!   `FAIL_AFTER` with a page count `k` in bits 32..47 makes it answer ranges of more than `k`
+//!   pages for their first `k` pages only, clearing what it finds young there, and fail the rest,
+//!   as a secondary MMU that stops at the first entry it cannot handle (the answer then carries
+//!   both "young" and "failed").
 //! - `STATS`: per-op counters; `UNMIRROR`: drop the mirror (closing the file does too).
 //!
 //! The notifier forgets pages on invalidation (munmap, `MADV_DONTNEED`, migration, ...) and on
@@ -103,7 +107,7 @@ pub mod uapi {
     pub const UNMIRROR: u32 = _IO(TYPE, 0x41);
     /// Access pages through the device.
     pub const ACCESS: u32 = _IOW::<AccessArgs>(TYPE, 0x42);
-    /// Set [`CONFIG_FAIL_FAST`] (or clear it with 0).
+    /// Set the failure knobs [`CONFIG_FAIL_FAST`] or [`CONFIG_FAIL_AFTER`] (0 clears both).
     pub const CONFIG: u32 = _IOW::<u64>(TYPE, 0x43);
     /// Read [`Stats`].
     pub const STATS: u32 = _IOR::<Stats>(TYPE, 0x44);
@@ -112,6 +116,18 @@ pub mod uapi {
     pub const MIRROR_NO_FAST_OP: u64 = 1;
     /// `CONFIG` flag: the fast-only op answers "failed".
     pub const CONFIG_FAIL_FAST: u64 = 1;
+    /// `CONFIG` flag: ranges of more than [`config_fail_after_pages`] pages are answered for that
+    /// many pages, then "failed".
+    pub const CONFIG_FAIL_AFTER: u64 = 2;
+    /// Shift of the page count of [`CONFIG_FAIL_AFTER`] in the `CONFIG` argument.
+    pub const CONFIG_FAIL_AFTER_SHIFT: u32 = 32;
+    /// Mask of the page count of [`CONFIG_FAIL_AFTER`] (after shifting).
+    pub const CONFIG_FAIL_AFTER_MASK: u64 = 0xffff;
+
+    /// The page count of a `CONFIG` argument with [`CONFIG_FAIL_AFTER`].
+    pub const fn config_fail_after_pages(flags: u64) -> u64 {
+        (flags >> CONFIG_FAIL_AFTER_SHIFT) & CONFIG_FAIL_AFTER_MASK
+    }
     /// Largest mirror.
     pub const MAX_MIRROR: u64 = 1 << 30;
 }
@@ -137,6 +153,8 @@ const ACCESSED: u8 = 1 << 1;
 #[derive(Default)]
 struct Shared {
     fail_fast: AtomicBool,
+    /// With [`uapi::CONFIG_FAIL_AFTER`]: pages answered per range before failing; 0 when off.
+    fail_after: AtomicU64,
     fast_calls: AtomicU64,
     fast_young: AtomicU64,
     fast_failed: AtomicU64,
@@ -314,6 +332,18 @@ mirror_ops!(FastMirror {
             inc(&shared.fast_failed, 1);
             return FastYoung::Failed;
         }
+        let after = shared.fail_after.load(Ordering::Relaxed) as usize;
+        if after != 0 && end - start > after << PAGE_SHIFT {
+            // Answer the first `after` pages, then give up on the rest.
+            let young = self.0.young(start, start + (after << PAGE_SHIFT), clear);
+            inc(&shared.fast_young, young as u64);
+            inc(&shared.fast_failed, 1);
+            return if young {
+                FastYoung::YoungAndFailed
+            } else {
+                FastYoung::Failed
+            };
+        }
         let young = self.0.young(start, end, clear);
         inc(&shared.fast_young, young as u64);
         FastYoung::from(young)
@@ -452,12 +482,19 @@ impl Session {
     }
 
     fn config(&self, flags: u64) -> Result<isize> {
-        if flags & !uapi::CONFIG_FAIL_FAST != 0 {
+        let count_bits = uapi::CONFIG_FAIL_AFTER_MASK << uapi::CONFIG_FAIL_AFTER_SHIFT;
+        let fail_fast = flags & uapi::CONFIG_FAIL_FAST != 0;
+        let fail_after = flags & uapi::CONFIG_FAIL_AFTER != 0;
+        let pages = uapi::config_fail_after_pages(flags);
+        if flags & !(uapi::CONFIG_FAIL_FAST | uapi::CONFIG_FAIL_AFTER | count_bits) != 0
+            || (fail_fast && fail_after)
+            || fail_after != (pages != 0)
+        {
             return Err(EINVAL);
         }
-        self.shared
-            .fail_fast
-            .store(flags & uapi::CONFIG_FAIL_FAST != 0, Ordering::Relaxed);
+        let s = &self.shared;
+        s.fail_after.store(pages, Ordering::Relaxed);
+        s.fail_fast.store(fail_fast, Ordering::Relaxed);
         Ok(0)
     }
 

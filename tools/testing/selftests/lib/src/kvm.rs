@@ -11,8 +11,11 @@
 //! its own small memslot at [`CODE_GPA`] so it never pollutes the data.
 
 use anyhow::{bail, Context, Result};
-use kvm_bindings::{kvm_regs, kvm_segment, kvm_userspace_memory_region};
+use kvm_bindings::{
+    kvm_msr_entry, kvm_regs, kvm_segment, kvm_userspace_memory_region, Msrs, KVM_MAX_CPUID_ENTRIES,
+};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+use std::os::fd::AsRawFd;
 
 /// Guest page size the program strides by.
 pub const PAGE_SIZE: usize = 4096;
@@ -32,6 +35,73 @@ const WRITE_LOOP: [u8; 10] = [0x89, 0x06, 0x01, 0xfe, 0x49, 0x75, 0xf9, 0xe6, 0x
 const READ_LOOP: [u8; 10] = [0x8b, 0x06, 0x01, 0xfe, 0x49, 0x75, 0xf9, 0xe6, 0x10, 0xf4];
 const WRITE_OFF: u64 = 0;
 const READ_OFF: u64 = 0x10;
+// mov eax, NESTED_VMCB | vmrun | out 0x10, al | hlt
+const VMRUN_ONCE: [u8; 11] = [
+    0xb8, 0x00, 0x10, 0x00, 0x00, 0x0f, 0x01, 0xd8, 0xe6, 0x10, 0xf4,
+];
+const VMRUN_OFF: u64 = 0x20;
+
+/// Pages at the start of data memory that [`TouchVm::run_nested_once`]
+/// uses for the VMCB, the host save area, L1's nested page table, L2, and
+/// L1's own page directory.
+pub const NESTED_RESERVED_PAGES: usize = 16;
+const NESTED_VMCB: u64 = 0x1000;
+const NESTED_HSAVE: u64 = 0x2000;
+const NESTED_NPT_PD: u64 = 0x3000;
+const NESTED_NPT_PT: u64 = 0x4000;
+const NESTED_L2_CODE: u64 = 0x5000;
+const NESTED_L2_SRC: u64 = 0x6000;
+const NESTED_L2_DST: u64 = 0x7000;
+const NESTED_L2_STACK: u64 = 0x8000;
+const NESTED_L1_PD: u64 = 0x9000;
+const CR0_PG: u64 = 1 << 31;
+const CR4_PSE: u64 = 1 << 4;
+const EFER_SVME: u64 = 1 << 12;
+const MSR_VM_HSAVE_PA: u32 = 0xc001_0117;
+const SVM_EXIT_VMMCALL: u64 = 0x81;
+// L2: mov eax, [0x6000] | mov [0x7000], eax | vmmcall | hlt
+const L2_PROGRAM: [u8; 14] = [
+    0xa1, 0x00, 0x60, 0x00, 0x00, 0xa3, 0x00, 0x70, 0x00, 0x00, 0x0f, 0x01, 0xd9, 0xf4,
+];
+
+/// A VMCB (AMD APM vol. 2, appendix B) for L2: 32-bit protected mode with
+/// paging off, flat segments, nested paging on with [`NESTED_NPT_PD`] as
+/// nested CR3, intercepting `VMRUN` (required), `VMMCALL`, `HLT` and
+/// shutdown, so that whatever L2 does ends in an exit to L1.
+fn vmcb12() -> Vec<u8> {
+    let mut v = vec![0u8; PAGE_SIZE];
+    let mut put = |off: usize, bytes: &[u8]| v[off..off + bytes.len()].copy_from_slice(bytes);
+    // Control area.
+    put(0x0c, &((1u32 << 24) | (1u32 << 31)).to_le_bytes()); // HLT, SHUTDOWN
+    put(0x10, &3u32.to_le_bytes()); // VMRUN, VMMCALL
+    put(0x58, &1u32.to_le_bytes()); // ASID
+    put(0x90, &1u64.to_le_bytes()); // nested_ctl: NP_ENABLE
+    put(0xb0, &NESTED_NPT_PD.to_le_bytes()); // nested CR3
+                                             // State save area at 0x400: segments {selector, attrib, limit, base}.
+    let seg = |sel: u16, attrib: u16, limit: u32| {
+        let mut s = Vec::with_capacity(16);
+        s.extend_from_slice(&sel.to_le_bytes());
+        s.extend_from_slice(&attrib.to_le_bytes());
+        s.extend_from_slice(&limit.to_le_bytes());
+        s.extend_from_slice(&0u64.to_le_bytes());
+        s
+    };
+    let data = seg(0x10, 0xc93, 0xffff_ffff);
+    for off in [0x400, 0x420, 0x430, 0x440, 0x450] {
+        put(off, &data); // es, ss, ds, fs, gs
+    }
+    put(0x410, &seg(0x08, 0xc9b, 0xffff_ffff)); // cs
+    put(0x490, &seg(0x18, 0x08b, 0x67)); // tr
+    put(0x4d0, &EFER_SVME.to_le_bytes()); // efer
+    put(0x558, &0x11u64.to_le_bytes()); // cr0: PE, ET
+    put(0x560, &0x400u64.to_le_bytes()); // dr7
+    put(0x568, &0xffff_0ff0u64.to_le_bytes()); // dr6
+    put(0x570, &2u64.to_le_bytes()); // rflags
+    put(0x578, &NESTED_L2_CODE.to_le_bytes()); // rip
+    put(0x5d8, &NESTED_L2_STACK.to_le_bytes()); // rsp
+    put(0x668, &0x0007_0406_0007_0406u64.to_le_bytes()); // g_pat
+    v
+}
 
 /// How the data memory is backed on the host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,6 +242,37 @@ impl HostMem {
         Ok(())
     }
 
+    /// Writes `bytes` at byte `offset` from the host side.
+    pub fn write_at(&self, offset: usize, bytes: &[u8]) -> Result<()> {
+        if offset
+            .checked_add(bytes.len())
+            .is_none_or(|end| end > self.len)
+        {
+            bail!(
+                "write of {} bytes at {offset:#x} beyond {:#x}",
+                bytes.len(),
+                self.len
+            );
+        }
+        // SAFETY: in bounds (checked above) of our own mapping; nothing holds
+        // Rust references into it.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.ptr.add(offset), bytes.len()) };
+        Ok(())
+    }
+
+    /// Reads the `u32` at byte `offset` (4-byte aligned) from the host side.
+    pub fn read_u32_at(&self, offset: usize) -> Result<u32> {
+        if !offset.is_multiple_of(4) || offset + 4 > self.len {
+            bail!(
+                "read of u32 at {offset:#x} unaligned or beyond {:#x}",
+                self.len
+            );
+        }
+        // SAFETY: in bounds and aligned (checked above); volatile because the
+        // guest writes it behind our back.
+        Ok(unsafe { std::ptr::read_volatile(self.ptr.add(offset).cast::<u32>()) })
+    }
+
     /// Writes the first dword of every page from the host side (faults the
     /// whole range in through the host page table).
     pub fn fill(&self, value: u32) {
@@ -223,6 +324,21 @@ fn flat_segment(selector: u16, type_: u8) -> kvm_segment {
 impl TouchVm {
     /// Creates a VM with `mem_bytes` of data memory and `nr_vcpus` vCPUs.
     pub fn new(mem_bytes: usize, nr_vcpus: usize, backing: Backing) -> Result<Self> {
+        Self::build(mem_bytes, nr_vcpus, backing, false)
+    }
+
+    /// Like [`TouchVm::new`], with AMD SVM exposed to the guest (CPUID from
+    /// `KVM_GET_SUPPORTED_CPUID`, `EFER.SVME` set, `VM_HSAVE_PA` pointing
+    /// into the reserved pages), so that [`TouchVm::run_nested_once`] can run
+    /// a nested guest. Fails if KVM does not offer nested SVM.
+    pub fn new_with_svm(mem_bytes: usize, nr_vcpus: usize, backing: Backing) -> Result<Self> {
+        if mem_bytes < NESTED_RESERVED_PAGES * PAGE_SIZE {
+            bail!("a nested guest needs at least {NESTED_RESERVED_PAGES} pages");
+        }
+        Self::build(mem_bytes, nr_vcpus, backing, true)
+    }
+
+    fn build(mem_bytes: usize, nr_vcpus: usize, backing: Backing, svm: bool) -> Result<Self> {
         if mem_bytes > MAX_DATA {
             bail!("guest memory {mem_bytes} exceeds {MAX_DATA}");
         }
@@ -246,7 +362,27 @@ impl TouchVm {
                 code.as_ptr().add(READ_OFF as usize),
                 READ_LOOP.len(),
             );
+            std::ptr::copy_nonoverlapping(
+                VMRUN_ONCE.as_ptr(),
+                code.as_ptr().add(VMRUN_OFF as usize),
+                VMRUN_ONCE.len(),
+            );
         }
+        let cpuid = if svm {
+            let c = kvm
+                .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+                .context("KVM_GET_SUPPORTED_CPUID")?;
+            let has_svm = c
+                .as_slice()
+                .iter()
+                .any(|e| e.function == 0x8000_0001 && e.ecx & (1 << 2) != 0);
+            if !has_svm {
+                bail!("KVM does not offer SVM to guests (kvm_amd.nested=0 or not AMD)");
+            }
+            Some(c)
+        } else {
+            None
+        };
         for (slot, gpa, m) in [(DATA_SLOT, 0, &mem), (CODE_SLOT, CODE_GPA, &code)] {
             let region = kvm_userspace_memory_region {
                 slot,
@@ -279,6 +415,19 @@ impl TouchVm {
             }
             sregs.cr0 = (sregs.cr0 | 1) & !(1 << 31); // PE on, PG off
             sregs.efer = 0;
+            if let Some(c) = &cpuid {
+                vcpu.set_cpuid2(c).context("KVM_SET_CPUID2")?;
+                sregs.efer = EFER_SVME;
+                let msrs = Msrs::from_entries(&[kvm_msr_entry {
+                    index: MSR_VM_HSAVE_PA,
+                    data: NESTED_HSAVE,
+                    ..Default::default()
+                }])
+                .map_err(|e| anyhow::anyhow!("building kvm_msrs: {e:?}"))?;
+                if vcpu.set_msrs(&msrs).context("KVM_SET_MSRS")? != 1 {
+                    bail!("KVM_SET_MSRS did not take MSR_VM_HSAVE_PA");
+                }
+            }
             vcpu.set_sregs(&sregs).context("KVM_SET_SREGS")?;
             vcpus.push(vcpu);
         }
@@ -307,6 +456,93 @@ impl TouchVm {
         unsafe { self.vm.set_user_memory_region(region) }.with_context(|| {
             format!("KVM_SET_USER_MEMORY_REGION slot {DATA_SLOT} present={present}")
         })
+    }
+
+    /// Reads KVM's per-VM statistic `name` from debugfs
+    /// (`/sys/kernel/debug/kvm/<pid>-<vm fd>/<name>`).
+    pub fn debugfs_stat(&self, name: &str) -> Result<u64> {
+        let path = format!(
+            "/sys/kernel/debug/kvm/{}-{}/{name}",
+            std::process::id(),
+            self.vm.as_raw_fd()
+        );
+        crate::sys::read_trimmed(&path)?
+            .parse()
+            .with_context(|| format!("parsing {path}"))
+    }
+
+    /// Has vCPU `idx` run a nested (L2) guest once, with AMD nested paging:
+    /// L1 executes `VMRUN` on a VMCB that the host builds in the first
+    /// [`NESTED_RESERVED_PAGES`] pages of data memory, L2 reads one page,
+    /// writes another and leaves with `VMMCALL`. The host KVM shadows L1's
+    /// nested page table for that, so afterwards the VM has shadow pages
+    /// (rmaps) besides its TDP MMU mappings, for as long as it lives.
+    ///
+    /// KVM requires paging for SVM instructions, so L1 runs this with a
+    /// 4 MiB-page identity map (`CR4.PSE`), and its registers are put back
+    /// to paging off afterwards.
+    ///
+    /// The VM must come from [`TouchVm::new_with_svm`]. Overwrites the
+    /// reserved pages; returns the `VMMCALL` exit's L2 RIP.
+    pub fn run_nested_once(&mut self, idx: usize, marker: u32) -> Result<u64> {
+        let mem = &self.mem;
+        for page in 1..10 {
+            mem.write_at(page * PAGE_SIZE, &[0u8; PAGE_SIZE])?;
+        }
+        // L1's own page directory: 1024 present, writable 4 MiB pages.
+        let mut pd = Vec::with_capacity(PAGE_SIZE);
+        for i in 0..1024u32 {
+            pd.extend_from_slice(&((i << 22) | 0x83).to_le_bytes());
+        }
+        mem.write_at(NESTED_L1_PD as usize, &pd)?;
+        // L1's nested page table, in 32-bit two-level format (L1 runs with
+        // CR4.PAE and EFER.LMA clear): identity map of the first 4 MiB,
+        // user + writable + present, as nested walks are user accesses.
+        mem.write_at(
+            NESTED_NPT_PD as usize,
+            &((NESTED_NPT_PT as u32) | 7).to_le_bytes(),
+        )?;
+        let mut pt = Vec::with_capacity(PAGE_SIZE);
+        for i in 0..1024u32 {
+            pt.extend_from_slice(&((i << 12) | 7).to_le_bytes());
+        }
+        mem.write_at(NESTED_NPT_PT as usize, &pt)?;
+        mem.write_at(NESTED_L2_CODE as usize, &L2_PROGRAM)?;
+        mem.write_at(NESTED_L2_SRC as usize, &marker.to_le_bytes())?;
+        mem.write_at(NESTED_VMCB as usize, &vmcb12())?;
+
+        let vcpu = self.vcpus.get_mut(idx).context("no such vCPU")?;
+        let flat = vcpu.get_sregs().context("KVM_GET_SREGS")?;
+        let mut paged = flat;
+        paged.cr3 = NESTED_L1_PD;
+        paged.cr4 |= CR4_PSE;
+        paged.cr0 |= CR0_PG;
+        vcpu.set_sregs(&paged).context("KVM_SET_SREGS (paging on)")?;
+        let regs = kvm_regs {
+            rip: CODE_GPA + VMRUN_OFF,
+            rflags: 0x2,
+            ..Default::default()
+        };
+        vcpu.set_regs(&regs).context("KVM_SET_REGS")?;
+        let run = run_until_done(vcpu);
+        vcpu.set_sregs(&flat).context("KVM_SET_SREGS (paging off)")?;
+        run?;
+        let vmcb = NESTED_VMCB as usize;
+        let code = u64::from(mem.read_u32_at(vmcb + 0x70)?)
+            | u64::from(mem.read_u32_at(vmcb + 0x74)?) << 32;
+        if code != SVM_EXIT_VMMCALL {
+            bail!(
+                "nested guest exited with code {code:#x} (info1 {:#x}, info2 {:#x}), \
+                 expected VMMCALL ({SVM_EXIT_VMMCALL:#x})",
+                mem.read_u32_at(vmcb + 0x78)?,
+                mem.read_u32_at(vmcb + 0x80)?
+            );
+        }
+        let copied = mem.read_u32_at(NESTED_L2_DST as usize)?;
+        if copied != marker {
+            bail!("L2 copied {copied:#x}, expected the marker {marker:#x}");
+        }
+        Ok(u64::from(mem.read_u32_at(vmcb + 0x400 + 0x178)?))
     }
 
     /// Number of vCPUs.
@@ -403,6 +639,11 @@ fn run_touch(
         ..Default::default()
     };
     vcpu.set_regs(&regs).context("KVM_SET_REGS")?;
+    run_until_done(vcpu)
+}
+
+/// Runs the vCPU until the guest writes to [`DONE_PORT`].
+fn run_until_done(vcpu: &mut VcpuFd) -> Result<()> {
     loop {
         match vcpu.run() {
             Ok(VcpuExit::IoOut(DONE_PORT, _)) => return Ok(()),

@@ -74,6 +74,16 @@ impl Stats {
 pub const MIRROR_NO_FAST_OP: u64 = 1;
 /// `CONFIG` flag: the fast-only op answers "failed".
 pub const CONFIG_FAIL_FAST: u64 = 1;
+/// `CONFIG` flag: ranges of more than `k` pages are answered for their first
+/// `k` pages (clearing what is young there), then "failed"; `k` goes in
+/// bits 32..47 (see [`config_fail_after`]).
+pub const CONFIG_FAIL_AFTER: u64 = 2;
+
+/// The `CONFIG` argument that makes the fast-only op fail after `pages`
+/// pages of a range.
+pub const fn config_fail_after(pages: u16) -> u64 {
+    CONFIG_FAIL_AFTER | (pages as u64) << 32
+}
 /// Largest mirror the module accepts.
 pub const MAX_MIRROR: u64 = 1 << 30;
 
@@ -178,6 +188,12 @@ mod tests {
         assert_eq!(CONFIG, 0x4008_6d43);
         assert_eq!(STATS, 0x8058_6d44);
         assert_eq!(std::mem::size_of::<Stats>(), 11 * 8);
+    }
+
+    #[test]
+    fn fail_after_encoding() {
+        assert_eq!(config_fail_after(256), 0x0000_0100_0000_0002);
+        assert_eq!(config_fail_after(1), 0x0000_0001_0000_0002);
     }
 
     #[test]

@@ -127,6 +127,23 @@ impl DmesgWatch {
     }
 }
 
+/// `AnonHugePages` of the calling process (`/proc/self/smaps_rollup`), in
+/// bytes: how much of its anonymous memory is mapped by THPs.
+pub fn anon_huge_bytes() -> Result<u64> {
+    let text = read("/proc/self/smaps_rollup")?;
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("AnonHugePages:"))
+        .context("smaps_rollup lacks AnonHugePages")?;
+    let kb: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .context("malformed AnonHugePages")?
+        .parse()
+        .context("parsing AnonHugePages")?;
+    Ok(kb * 1024)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,7 +5,8 @@
 //! Every capability bit toggles on its own; `y`/`Y` set all four (`0x000f`),
 //! `n`/`N` clear them; numeric masks in any base `kstrtouint()` takes set
 //! exactly their bits; every invalid write fails with `EINVAL` and leaves
-//! the mask as it was. The mask in force before the test is restored.
+//! the mask as it was; the kernel boots with all four set. The mask in force
+//! before the test is restored.
 
 use mglru_selftest::features::{self, caps, CapsGuard};
 use mglru_selftest::{bail, ktap::Ktap, sys, Result};
@@ -123,13 +124,35 @@ fn invalid_writes_rejected(t: &Ktap) -> Result<()> {
     Ok(())
 }
 
+/// Where the test VM's init saved `enabled` at boot, before any test ran.
+const AT_BOOT: &str = "/run/lru_gen_enabled_at_boot";
+
+/// With `CONFIG_LRU_GEN_ENABLED=y` (the project's config), every capability
+/// the kernel knows starts enabled, 0x8 included: the static keys of
+/// `lru_gen_caps` are all true at boot. `text` is what the test VM's init
+/// read from `enabled` before any test ran.
+fn boot_default(t: &Ktap, text: &str) -> Result<()> {
+    t.diag(&format!("enabled at boot: {}", text.trim()));
+    if text != "0x000f\n" {
+        bail!("booted with {text:?}, expected \"0x000f\\n\" (CONFIG_LRU_GEN_ENABLED=y)");
+    }
+    Ok(())
+}
+
 fn main() {
-    let mut t = Ktap::new(4);
+    let mut t = Ktap::new(5);
     let guard = match CapsGuard::save() {
         Ok(g) => g,
         Err(e) => Ktap::skip_all(&format!("no {}: {e:#}", features::LRU_GEN_ENABLED)),
     };
     t.diag(&format!("caps at start: 0x{:04x}", guard.saved()));
+    match sys::read(AT_BOOT) {
+        Ok(text) => {
+            t.check("boot_default_is_0x000f", boot_default(&t, &text));
+        }
+        // Only the project's test VM records the boot value.
+        Err(e) => t.skip("boot_default_is_0x000f", &format!("not the test VM: {e:#}")),
+    }
     t.check(
         "each_cap_bit_toggles_independently",
         bits_toggle_independently(&t),

@@ -8,6 +8,8 @@
 //! only through the device (`ACCESS` ioctl: the device's accessed bits, never
 //! the host PTE's) and forces an aging pass. It checks promotion with 0x8 on
 //! and off, with the fast-only op failing, and with the op absent (NULL);
+//! that an answer that is both "young" and "failed" (two subscribers, one
+//! failing; a THP range answered only in part) keeps the page young;
 //! that invalidations make the device forget pages; that reclaim keeps the
 //! device-accessed pages when the fast-only op fails (needs swap: the test
 //! puts swap on `/dev/ram0`); that bad ioctls are rejected and change
@@ -152,6 +154,84 @@ fn fast_failing(t: &Ktap, cg: &Memcg) -> Result<()> {
         bail!("walk stats do not count the failures: {}", p.describe());
     }
     Ok(())
+}
+
+/// Two fast subscribers on one mm: device A accessed the pages, device B
+/// (the same range, a second open file) fails every fast-only query. Each
+/// answer is then "young" (A, whose accessed state is now cleared) and
+/// "failed" (B): the walk must count the page young, not conclude from the
+/// slow fallback alone, which can no longer see what A cleared.
+fn young_and_failed_from_two_subscribers(t: &Ktap, cg: &Memcg) -> Result<()> {
+    let s = Setup::new(0)?;
+    let other = Mirror::open()?;
+    other
+        .mirror(s.addr(0), s.mem.len(), 0)
+        .context("second MIRROR of the same range")?;
+    other.config(lru_mirror::CONFIG_FAIL_FAST)?;
+    let before_b = other.stats()?;
+    let (p, st) = s.measure(cg, ALL_CAPS)?;
+    let sb = other.stats()?.since(&before_b);
+    t.diag(&format!(
+        "A young + B failing: {} device A {st:?} device B {sb:?}",
+        p.describe()
+    ));
+    let half = s.pages() as u64 / 2;
+    if st.fast_young != half || sb.fast_failed == 0 || sb.fast_young != 0 {
+        bail!("devices did not answer as set up: A {st:?}, B {sb:?}");
+    }
+    if p.counter('s')? != half || p.counter('e')? != p.counter('c')? {
+        bail!(
+            "walk stats should count {half} young and every query failed: {}",
+            p.describe()
+        );
+    }
+    p.check_fractions()
+}
+
+/// A THP range whose fast-only answer covers only its first pages: the
+/// device clears the accessed state it finds there, then fails the rest of
+/// the range (`FAIL_AFTER`), as KVM does when it meets a frozen SPTE in the
+/// middle of a 2 MiB range. The THPs the device accessed (in their first
+/// pages) must still be promoted.
+fn young_and_failed_mid_range(t: &Ktap, cg: &Memcg) -> Result<()> {
+    const HUGE: usize = 2 << 20;
+    const HUGE_PAGES: usize = HUGE / PAGE_SIZE;
+    let mem = HostMem::new(MEM, Backing::Thp)?;
+    mem.fill(0x7468_7021);
+    let huge = sys::anon_huge_bytes()?;
+    if huge < (MEM as u64) * 9 / 10 {
+        bail!(
+            "only {} of {} MiB are THPs; the PMD walk needs them",
+            huge >> 20,
+            MEM >> 20
+        );
+    }
+    let dev = Mirror::open()?;
+    let base = mem.as_ptr() as usize;
+    dev.mirror(base, MEM, 0).context("LRU_MIRROR MIRROR")?;
+    dev.config(lru_mirror::config_fail_after((HUGE_PAGES / 2) as u16))?;
+    features::set_lru_gen_caps(ALL_CAPS)?;
+    let thps = MEM / HUGE;
+    let touched = (thps / 2 * HUGE_PAGES) as u64;
+    let mut before = Stats::default();
+    let p = aging::measured_pass(cg, touched, (MEM / PAGE_SIZE) as u64 - touched, || {
+        before = dev.stats()?;
+        // The first page of every other THP, inside the answered part.
+        for i in (0..thps).step_by(2) {
+            dev.access(base + i * HUGE, PAGE_SIZE)?;
+        }
+        Ok(())
+    })?;
+    let st = dev.stats()?.since(&before);
+    t.diag(&format!(
+        "THP, fast-only answers stop after {} pages: {} device {st:?}",
+        HUGE_PAGES / 2,
+        p.describe()
+    ));
+    if st.fast_young < (thps / 2) as u64 || st.fast_failed < thps as u64 {
+        bail!("the device did not answer young-and-failed per THP: {st:?}");
+    }
+    p.check_fractions()
 }
 
 fn null_fast_op(t: &Ktap, cg: &Memcg) -> Result<()> {
@@ -364,7 +444,27 @@ fn invalid_ioctls(t: &Ktap) -> Result<()> {
         dev.ioctl(0x6d7f, 0).map(drop),
         libc::ENOTTY,
     );
-    expect("unknown config bits", dev.config(0x6), libc::EINVAL);
+    expect("unknown config bits", dev.config(0x4), libc::EINVAL);
+    expect(
+        "FAIL_FAST with FAIL_AFTER",
+        dev.config(lru_mirror::config_fail_after(8) | lru_mirror::CONFIG_FAIL_FAST),
+        libc::EINVAL,
+    );
+    expect(
+        "FAIL_AFTER of 0 pages",
+        dev.config(lru_mirror::CONFIG_FAIL_AFTER),
+        libc::EINVAL,
+    );
+    expect(
+        "page count without FAIL_AFTER",
+        dev.config(lru_mirror::config_fail_after(8) & !lru_mirror::CONFIG_FAIL_AFTER),
+        libc::EINVAL,
+    );
+    expect(
+        "bits above the page count",
+        dev.config(lru_mirror::config_fail_after(8) | 1 << 48),
+        libc::EINVAL,
+    );
     let after0 = dev.stats()?;
     if after0 != start0 || after0.mapped_pages != 0 {
         bad.borrow_mut().push(format!(
@@ -403,7 +503,7 @@ fn invalid_ioctls(t: &Ktap) -> Result<()> {
             "rejected ioctls changed state: {start1:?} -> {after1:?}"
         ));
     }
-    t.diag(&format!("{} invalid ioctls tried", cases.len() + 12));
+    t.diag(&format!("{} invalid ioctls tried", cases.len() + 16));
     let bad = bad.into_inner();
     if !bad.is_empty() {
         bail!("{}", bad.join("; "));
@@ -519,7 +619,7 @@ fn main() {
         _ => {}
     }
 
-    let mut t = Ktap::new(11);
+    let mut t = Ktap::new(13);
     let (guard, cg) = match aging::enter_sandbox(MEMCG) {
         Ok(v) => v,
         Err(e) => Ktap::skip_all(&format!("no memcg/lru_gen to test with: {e:#}")),
@@ -532,6 +632,14 @@ fn main() {
     );
     t.check("aging_without_0x8_is_6_12", without_secondary_walk(&t, &cg));
     t.check("fast_only_failed_falls_back", fast_failing(&t, &cg));
+    t.check(
+        "young_and_failed_two_subscribers_stays_young",
+        young_and_failed_from_two_subscribers(&t, &cg),
+    );
+    t.check(
+        "young_and_failed_mid_thp_range_stays_young",
+        young_and_failed_mid_range(&t, &cg),
+    );
     t.check("null_fast_op_never_called", null_fast_op(&t, &cg));
     t.check("invalidation_forgets_pages", invalidation_forgets(&t, &cg));
     t.check(
