@@ -517,7 +517,8 @@ impl TouchVm {
         paged.cr3 = NESTED_L1_PD;
         paged.cr4 |= CR4_PSE;
         paged.cr0 |= CR0_PG;
-        vcpu.set_sregs(&paged).context("KVM_SET_SREGS (paging on)")?;
+        vcpu.set_sregs(&paged)
+            .context("KVM_SET_SREGS (paging on)")?;
         let regs = kvm_regs {
             rip: CODE_GPA + VMRUN_OFF,
             rflags: 0x2,
@@ -525,7 +526,8 @@ impl TouchVm {
         };
         vcpu.set_regs(&regs).context("KVM_SET_REGS")?;
         let run = run_until_done(vcpu);
-        vcpu.set_sregs(&flat).context("KVM_SET_SREGS (paging off)")?;
+        vcpu.set_sregs(&flat)
+            .context("KVM_SET_SREGS (paging off)")?;
         run?;
         let vmcb = NESTED_VMCB as usize;
         let code = u64::from(mem.read_u32_at(vmcb + 0x70)?)
