@@ -7,6 +7,7 @@
 #   make check T=NAME   host tests + only the named VM selftest(s)
 #   make vm-run -- CMD  run CMD as root in the test VM (or CMD="...")
 #   make bisect-check   build the kernel at every patch of the series
+#   make variant-check  build mm/vmscan.o and rust/ without CONFIG_MMU_NOTIFIER
 #   make lint           rustfmtcheck + CLIPPY=1 for the kernel crate and modules
 #   make deps | kernel | modules | selftests | kernel-tree | export-patches
 #   make clean          remove build outputs in this clone
@@ -22,7 +23,7 @@ $(eval $(VM_ARGS):;@:)
 endif
 endif
 
-.PHONY: all run check bisect-check lint deps kernel kernel-tree export-patches modules selftests vm-run clean
+.PHONY: all run check bisect-check variant-check lint deps kernel kernel-tree export-patches modules selftests vm-run clean
 
 all: run
 
@@ -37,6 +38,9 @@ deps:
 
 bisect-check: deps
 	@$(S)/bisect-check.sh
+
+variant-check: deps
+	@$(S)/variant-check.sh
 
 lint: modules
 	@$(S)/lint.sh

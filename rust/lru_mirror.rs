@@ -16,6 +16,8 @@
 //! - `ACCESS {start, len}`: access the device-mapped pages of the range through the device;
 //!   returns how many pages were accessed (unmapped ones are not).
 //! - `CONFIG flags`: `FAIL_FAST` makes the fast-only op answer "failed" (simulated contention);
+//!   `SLOW_INVALIDATE` makes every invalidation that hits the mirror spin for a while after
+//!   unmapping (widens race windows for tests);
 //!   `FAIL_AFTER` with a page count `k` in bits 32..47 makes it answer ranges of more than `k`
 //!   pages for their first `k` pages only, clearing what it finds young there, and fail the rest,
 //!   as a secondary MMU that stops at the first entry it cannot handle (the answer then carries
@@ -23,19 +25,30 @@
 //! - `STATS`: per-op counters; `UNMIRROR`: drop the mirror (closing the file does too).
 //!
 //! The notifier forgets pages on invalidation (munmap, `MADV_DONTNEED`, migration, ...) and on
-//! `release`, and only ever reports young for pages it currently maps. The fast-only op uses
-//! atomics only. Bad ioctl arguments fail with `EINVAL`/`EFAULT`/`EBUSY` and change nothing.
+//! `release`, and only ever reports young for pages it currently maps. Mapping follows the
+//! begin/retry protocol of `mmu_interval_read_begin()`/`mmu_interval_read_retry()`: an
+//! invalidation bumps a sequence count in `invalidate_range_start()` and again in
+//! `invalidate_range_end()`, and `MIRROR` commits its pages, under a spinlock that invalidations
+//! also take, only if no invalidation started or was running since it faulted them in; so the
+//! device never maps a page whose host mapping is gone. The aging ops use atomics only (no lock).
+//! Bad ioctl arguments fail with `EINVAL`/`EFAULT`/`EBUSY` and change nothing.
+//!
+//! 64-bit only: addresses and lengths are handled as `usize`.
 
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use kernel::{
     bindings, c_str,
     miscdevice::{MiscDevice, MiscDeviceRegistration},
-    mm::mmu_notifier::{FastYoung, MmuNotifierOps, Range, Registration},
-    new_mutex,
+    mm::mmu_notifier::{FastYoung, InvalidateRange, MmuNotifierOps, Registration, WouldBlock},
+    new_mutex, new_spinlock,
+    page::{PAGE_SHIFT, PAGE_SIZE},
     prelude::*,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, SpinLock},
     uaccess::UserSlice,
 };
+
+// The uapi is in u64 and ranges are handled as usize.
+const _: () = assert!(usize::BITS == 64, "lru_mirror supports 64-bit kernels only");
 
 module! {
     type: LruMirrorModule,
@@ -91,7 +104,8 @@ pub mod uapi {
         pub invalidations: u64,
         /// See `invalidations`.
         pub invalidated_pages: u64,
-        /// `release()` calls because the process's mm went away (not those of unregistering).
+        /// Mapped mirrors that `release()` tore down (the process's mm went away, or the mirror
+        /// was dropped): once per mirror, although `release()` may be called twice for it.
         pub releases: u64,
         /// Pages the device maps now.
         pub mapped_pages: u64,
@@ -119,6 +133,8 @@ pub mod uapi {
     /// `CONFIG` flag: ranges of more than [`config_fail_after_pages`] pages are answered for that
     /// many pages, then "failed".
     pub const CONFIG_FAIL_AFTER: u64 = 2;
+    /// `CONFIG` flag: invalidations that hit the mirror spin for a while after unmapping.
+    pub const CONFIG_SLOW_INVALIDATE: u64 = 4;
     /// Shift of the page count of [`CONFIG_FAIL_AFTER`] in the `CONFIG` argument.
     pub const CONFIG_FAIL_AFTER_SHIFT: u32 = 32;
     /// Mask of the page count of [`CONFIG_FAIL_AFTER`] (after shifting).
@@ -139,10 +155,10 @@ unsafe impl kernel::types::FromBytes for uapi::AccessArgs {}
 // SAFETY: plain integers without padding.
 unsafe impl kernel::types::AsBytes for uapi::Stats {}
 
-const PAGE_SIZE: usize = bindings::PAGE_SIZE;
-const PAGE_SHIFT: u32 = PAGE_SIZE.trailing_zeros();
 /// Highest user address on x86-64 with 5-level paging.
 const USER_END: u64 = 1 << 56;
+/// Attempts of `MIRROR` to map its range while invalidations keep racing with it.
+const MAP_RETRIES: usize = 64;
 /// Pages pinned per `pin_user_pages_fast()` call.
 const PIN_BATCH: usize = 512;
 
@@ -153,6 +169,7 @@ const ACCESSED: u8 = 1 << 1;
 #[derive(Default)]
 struct Shared {
     fail_fast: AtomicBool,
+    slow_invalidate: AtomicBool,
     /// With [`uapi::CONFIG_FAIL_AFTER`]: pages answered per range before failing; 0 when off.
     fail_after: AtomicU64,
     fast_calls: AtomicU64,
@@ -171,44 +188,61 @@ fn inc(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Ordering::Relaxed);
 }
 
+/// The sequence state of invalidations, under [`MirrorState::inv`].
+#[derive(Default)]
+struct InvState {
+    /// Bumped by every `invalidate_range_start()` and `invalidate_range_end()` that hits the
+    /// mirror, and by `release()`.
+    seq: u64,
+    /// Invalidations that hit the mirror and have started but not ended.
+    active: u64,
+}
+
 /// The device's page table: one byte of state per page of `[start, start + npages pages)`.
 ///
 /// # Invariants
 ///
-/// `pages.len() == npages`; a page is young for the device only if it is `MAPPED | ACCESSED`,
-/// and every invalidation covering it clears both bits.
+/// `pages.len() == npages`; a page is young for the device only if it is `MAPPED | ACCESSED`.
+/// A page becomes `MAPPED` only under `inv`, when no invalidation hitting the mirror has started
+/// since its host mapping was faulted in and none is active; every invalidation and `release`
+/// clears both bits under `inv`. Hence the device never maps a page whose host mapping was torn
+/// down after the device mapped it.
+#[pin_data]
 struct MirrorState {
     start: usize,
     npages: usize,
     pages: KVec<AtomicU8>,
-    /// Bumped by every invalidation that hits the mirror (retry check while mapping).
-    seq: AtomicU64,
-    /// Set when the mirror is dropped: the `release` that unregistering calls is not an mm exit.
-    dropping: AtomicBool,
+    #[pin]
+    inv: SpinLock<InvState>,
+    /// Set when `MIRROR` committed the mapping; cleared by the first `release()`.
+    live: AtomicBool,
     shared: Arc<Shared>,
 }
 
 impl MirrorState {
-    fn new(start: usize, npages: usize, shared: Arc<Shared>) -> Result<Self> {
+    fn new(start: usize, npages: usize, shared: Arc<Shared>) -> Result<impl PinInit<Self, Error>> {
         let mut pages = KVec::with_capacity(npages, GFP_KERNEL)?;
         for _ in 0..npages {
             pages.push(AtomicU8::new(0), GFP_KERNEL)?;
         }
-        Ok(Self {
+        Ok(try_pin_init!(Self {
             start,
             npages,
             pages,
-            seq: AtomicU64::new(0),
-            dropping: AtomicBool::new(false),
+            inv <- new_spinlock!(InvState::default()),
+            live: AtomicBool::new(false),
             shared,
-        })
+        }? Error))
+    }
+
+    fn end(&self) -> usize {
+        self.start + (self.npages << PAGE_SHIFT)
     }
 
     /// Indices of the mirror's pages that intersect `[start, end)`.
     fn indices(&self, start: usize, end: usize) -> core::ops::Range<usize> {
-        let mirror_end = self.start + (self.npages << PAGE_SHIFT);
         let lo = start.max(self.start);
-        let hi = end.min(mirror_end);
+        let hi = end.min(self.end());
         if lo >= hi {
             return 0..0;
         }
@@ -252,24 +286,65 @@ impl MirrorState {
             .count() as u64
     }
 
+    /// Idempotent, and may run concurrently with itself (see [`MmuNotifierOps::release`]):
+    /// only the first call for a mapped mirror counts.
     fn release(&self) {
+        let mut inv = self.inv.lock();
         for p in self.pages.iter() {
             p.store(0, Ordering::Release);
         }
-        self.seq.fetch_add(1, Ordering::AcqRel);
-        if !self.dropping.load(Ordering::Acquire) {
+        inv.seq += 1;
+        drop(inv);
+        if self.live.swap(false, Ordering::AcqRel) {
             inc(&self.shared.releases, 1);
         }
     }
 
-    fn invalidate(&self, range: &Range) {
+    fn invalidate_start(&self, range: &InvalidateRange<'_>) {
         if self.indices(range.start(), range.end()).is_empty() {
             return;
         }
+        let mut inv = self.inv.lock();
+        inv.seq += 1;
+        inv.active += 1;
         let n = self.unmap(range.start(), range.end());
-        self.seq.fetch_add(1, Ordering::AcqRel);
+        if self.shared.slow_invalidate.load(Ordering::Relaxed) {
+            spin_a_while();
+        }
+        drop(inv);
         inc(&self.shared.invalidations, 1);
         inc(&self.shared.invalidated_pages, n);
+    }
+
+    fn invalidate_end(&self, range: &InvalidateRange<'_>) {
+        if self.indices(range.start(), range.end()).is_empty() {
+            return;
+        }
+        let mut inv = self.inv.lock();
+        inv.seq += 1;
+        // Every end has its start: mmu_notifier_register() takes mm_take_all_locks(), which
+        // excludes the registration from landing between an invalidation's start and end.
+        inv.active = inv.active.saturating_sub(1);
+    }
+
+    /// Faults the whole mirror in and maps it, retrying while invalidations race with it
+    /// (`mmu_interval_read_begin()`/`mmu_interval_read_retry()`): the pages are committed only if
+    /// no invalidation was running or started between reading the sequence count and committing,
+    /// so every page's host mapping still exists when the device maps it.
+    fn map_all(&self) -> Result {
+        for _ in 0..MAP_RETRIES {
+            let seq = self.inv.lock().seq;
+            fault_in(self.start, self.npages)?;
+            let inv = self.inv.lock();
+            if inv.seq == seq && inv.active == 0 {
+                for p in self.pages.iter() {
+                    p.store(MAPPED, Ordering::Release);
+                }
+                self.live.store(true, Ordering::Release);
+                return Ok(());
+            }
+        }
+        Err(EAGAIN)
     }
 
     fn slow_young(&self, start: usize, end: usize) -> bool {
@@ -285,11 +360,27 @@ impl MirrorState {
     }
 }
 
+/// Busy-waits for a moment without sleeping (invalidations may not sleep): the window that
+/// [`uapi::CONFIG_SLOW_INVALIDATE`] opens for tests.
+fn spin_a_while() {
+    for _ in 0..200_000 {
+        core::hint::spin_loop();
+    }
+}
+
 /// The mirror as a secondary MMU that can age fast.
-struct FastMirror(MirrorState);
+#[pin_data]
+struct FastMirror {
+    #[pin]
+    st: MirrorState,
+}
 
 /// The same mirror registered without the fast-only op (`MIRROR_NO_FAST_OP`).
-struct SlowMirror(MirrorState);
+#[pin_data]
+struct SlowMirror {
+    #[pin]
+    st: MirrorState,
+}
 
 /// Implements [`MmuNotifierOps`] for a mirror type: the operations both
 /// registrations share, plus the extra ones given (a macro, so that
@@ -299,24 +390,31 @@ macro_rules! mirror_ops {
         #[vtable]
         impl MmuNotifierOps for $ty {
             fn release(&self) {
-                self.0.release()
+                self.st.release()
             }
 
-            fn invalidate_range_start(&self, range: &Range) -> Result {
-                self.0.invalidate(range);
+            fn invalidate_range_start<'a>(
+                &self,
+                range: &InvalidateRange<'a>,
+            ) -> Result<(), WouldBlock<'a>> {
+                self.st.invalidate_start(range);
                 Ok(())
             }
 
+            fn invalidate_range_end(&self, range: &InvalidateRange<'_>) {
+                self.st.invalidate_end(range)
+            }
+
             fn clear_flush_young(&self, start: usize, end: usize) -> bool {
-                self.0.slow_young(start, end)
+                self.st.slow_young(start, end)
             }
 
             fn clear_young(&self, start: usize, end: usize) -> bool {
-                self.0.slow_young(start, end)
+                self.st.slow_young(start, end)
             }
 
             fn test_young(&self, address: usize) -> bool {
-                self.0.test_young(address)
+                self.st.test_young(address)
             }
 
             $($extra)*
@@ -326,7 +424,7 @@ macro_rules! mirror_ops {
 
 mirror_ops!(FastMirror {
     fn test_clear_young_fast_only(&self, start: usize, end: usize, clear: bool) -> FastYoung {
-        let shared = &self.0.shared;
+        let shared = &self.st.shared;
         inc(&shared.fast_calls, 1);
         if shared.fail_fast.load(Ordering::Relaxed) {
             inc(&shared.fast_failed, 1);
@@ -335,7 +433,7 @@ mirror_ops!(FastMirror {
         let after = shared.fail_after.load(Ordering::Relaxed) as usize;
         if after != 0 && end - start > after << PAGE_SHIFT {
             // Answer the first `after` pages, then give up on the rest.
-            let young = self.0.young(start, start + (after << PAGE_SHIFT), clear);
+            let young = self.st.young(start, start + (after << PAGE_SHIFT), clear);
             inc(&shared.fast_young, young as u64);
             inc(&shared.fast_failed, 1);
             return if young {
@@ -344,7 +442,7 @@ mirror_ops!(FastMirror {
                 FastYoung::Failed
             };
         }
-        let young = self.0.young(start, end, clear);
+        let young = self.st.young(start, end, clear);
         inc(&shared.fast_young, young as u64);
         FastYoung::from(young)
     }
@@ -357,18 +455,11 @@ enum Mirror {
     Slow(Pin<KBox<Registration<SlowMirror>>>),
 }
 
-impl Drop for Mirror {
-    fn drop(&mut self) {
-        // Runs before the registration is dropped (unregistered).
-        self.state().dropping.store(true, Ordering::Release);
-    }
-}
-
 impl Mirror {
     fn state(&self) -> &MirrorState {
         match self {
-            Mirror::Fast(r) => &r.data().0,
-            Mirror::Slow(r) => &r.data().0,
+            Mirror::Fast(r) => &r.data().st,
+            Mirror::Slow(r) => &r.data().st,
         }
     }
 }
@@ -395,7 +486,10 @@ fn fault_in(start: usize, npages: usize) -> Result {
         // current task (pin_user_pages_fast() checks it and fails for anything else).
         let got =
             unsafe { bindings::pin_user_pages_fast(addr as _, want as i32, 0, pages.as_mut_ptr()) };
-        if got <= 0 {
+        if got < 0 {
+            return Err(Error::from_errno(got));
+        }
+        if got == 0 {
             return Err(EFAULT);
         }
         // SAFETY: the first `got` entries were filled with pinned pages by the call above.
@@ -431,30 +525,18 @@ impl Session {
         // The notifier is registered before faulting in, so no invalidation is missed.
         let mirror = if args.flags & uapi::MIRROR_NO_FAST_OP != 0 {
             Mirror::Slow(KBox::pin_init(
-                Registration::new_for_current(SlowMirror(state)),
+                Registration::new_for_current(try_pin_init!(SlowMirror { st <- state }? Error)),
                 GFP_KERNEL,
             )?)
         } else {
             Mirror::Fast(KBox::pin_init(
-                Registration::new_for_current(FastMirror(state)),
+                Registration::new_for_current(try_pin_init!(FastMirror { st <- state }? Error)),
                 GFP_KERNEL,
             )?)
         };
-        let st = mirror.state();
-        for _ in 0..8 {
-            let seq = st.seq.load(Ordering::Acquire);
-            fault_in(start, npages)?;
-            for p in st.pages.iter() {
-                p.store(MAPPED, Ordering::Release);
-            }
-            if st.seq.load(Ordering::Acquire) == seq {
-                *guard = Some(mirror);
-                return Ok(0);
-            }
-            // An invalidation raced with mapping: start over.
-            st.unmap(start, start + (npages << PAGE_SHIFT));
-        }
-        Err(EAGAIN)
+        mirror.state().map_all()?;
+        *guard = Some(mirror);
+        Ok(0)
     }
 
     fn access(&self, args: uapi::AccessArgs) -> Result<isize> {
@@ -483,18 +565,21 @@ impl Session {
 
     fn config(&self, flags: u64) -> Result<isize> {
         let count_bits = uapi::CONFIG_FAIL_AFTER_MASK << uapi::CONFIG_FAIL_AFTER_SHIFT;
+        let known = uapi::CONFIG_FAIL_FAST
+            | uapi::CONFIG_FAIL_AFTER
+            | uapi::CONFIG_SLOW_INVALIDATE
+            | count_bits;
         let fail_fast = flags & uapi::CONFIG_FAIL_FAST != 0;
         let fail_after = flags & uapi::CONFIG_FAIL_AFTER != 0;
         let pages = uapi::config_fail_after_pages(flags);
-        if flags & !(uapi::CONFIG_FAIL_FAST | uapi::CONFIG_FAIL_AFTER | count_bits) != 0
-            || (fail_fast && fail_after)
-            || fail_after != (pages != 0)
-        {
+        if flags & !known != 0 || (fail_fast && fail_after) || fail_after != (pages != 0) {
             return Err(EINVAL);
         }
         let s = &self.shared;
         s.fail_after.store(pages, Ordering::Relaxed);
         s.fail_fast.store(fail_fast, Ordering::Relaxed);
+        s.slow_invalidate
+            .store(flags & uapi::CONFIG_SLOW_INVALIDATE != 0, Ordering::Relaxed);
         Ok(0)
     }
 
@@ -526,6 +611,7 @@ struct LruMirror;
 #[vtable]
 impl MiscDevice for LruMirror {
     type Ptr = Pin<KBox<Session>>;
+    const OWNER: &'static ThisModule = &THIS_MODULE;
 
     fn open() -> Result<Pin<KBox<Session>>> {
         let shared = Arc::new(Shared::default(), GFP_KERNEL)?;
@@ -575,9 +661,9 @@ struct LruMirrorModule {
 }
 
 impl kernel::Module for LruMirrorModule {
-    fn init(module: &'static ThisModule) -> Result<Self> {
+    fn init(_module: &'static ThisModule) -> Result<Self> {
         let dev = KBox::pin_init(
-            MiscDeviceRegistration::register(c_str!("lru_mirror"), 0o600, module),
+            MiscDeviceRegistration::register(c_str!("lru_mirror"), 0o600),
             GFP_KERNEL,
         )?;
         pr_info!("/dev/lru_mirror ready\n");

@@ -97,6 +97,12 @@ touch "$TOP"/rust/*.rs
 out=$(kmake CLIPPY=1 M="$TOP" modules 2>&1) && ! printf '%s\n' "$out" | grep -qE '^(warning|error)' &&
 	result clippy_modules ok || result clippy_modules fail "$(printf '%s\n' "$out" | grep -E -A8 '^(warning|error)' | head -n 60)"
 
+# Compile-fail checks of the Rust abstractions (rust/compile_fail/): what
+# safe code must not be able to express does not compile.
+out=$("$TOP/scripts/compile-fail-check" 2>&1) && result "rust_compile_fail ($(printf '%s\n' "$out" | grep -c '^ok') cases)" ok ||
+	result rust_compile_fail fail "$out"
+printf '%s\n' "$out" | sed 's/^/# compile-fail: /'
+
 log "selftests in the test VM"
 vmout=$(mktemp)
 set +e

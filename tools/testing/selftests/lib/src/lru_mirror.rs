@@ -78,6 +78,9 @@ pub const CONFIG_FAIL_FAST: u64 = 1;
 /// `k` pages (clearing what is young there), then "failed"; `k` goes in
 /// bits 32..47 (see [`config_fail_after`]).
 pub const CONFIG_FAIL_AFTER: u64 = 2;
+/// `CONFIG` flag: invalidations that hit the mirror spin for a while after
+/// unmapping (widens race windows).
+pub const CONFIG_SLOW_INVALIDATE: u64 = 4;
 
 /// The `CONFIG` argument that makes the fast-only op fail after `pages`
 /// pages of a range.
@@ -121,6 +124,11 @@ impl Mirror {
             .open(DEV)
             .with_context(|| format!("opening {DEV}"))?;
         Ok(Self { file })
+    }
+
+    /// The file descriptor (for tests that pass it on or close it by hand).
+    pub fn raw_fd(&self) -> i32 {
+        self.file.as_raw_fd()
     }
 
     /// Raw `ioctl(2)`; `Err` carries the errno as an `io::Error`.

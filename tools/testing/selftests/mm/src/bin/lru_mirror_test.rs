@@ -295,6 +295,88 @@ fn invalidation_forgets(t: &Ktap, cg: &Memcg) -> Result<()> {
     Ok(())
 }
 
+/// `MIRROR` racing with `MADV_DONTNEED` of parts of its range (the device's
+/// invalidations slowed down to widen the window): whenever both stop, every
+/// page the device maps must still be mapped by the host. A device page
+/// whose host mapping was zapped is the stale mapping a secondary MMU must
+/// never have.
+fn mirror_races_invalidation(t: &Ktap) -> Result<()> {
+    const LEN: usize = 2 << 20;
+    const ROUNDS: usize = 30;
+    let mem = HostMem::new(LEN, Backing::Anon4k)?;
+    mem.fill(1);
+    let n = mem.pages();
+    let base = mem.as_ptr() as usize;
+    let dev = Mirror::open()?;
+    dev.config(lru_mirror::CONFIG_SLOW_INVALIDATE)?;
+    let (mut mirrored, mut busy, mut zaps, mut checked, mut stale) = (0, 0, 0u64, 0, 0);
+    for round in 0..ROUNDS {
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let (zapped, last) = std::thread::scope(|s| -> Result<(u64, bool)> {
+            let zapper = s.spawn(|| -> Result<u64> {
+                let mut k = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    mem.discard((k as usize * 37 + round) % (n - 8), 8)?;
+                    k += 1;
+                    // Leave MIRROR windows to succeed in, not only to fail.
+                    std::thread::sleep(std::time::Duration::from_micros(200));
+                }
+                Ok(k)
+            });
+            let mut ok = false;
+            for i in 0..4 {
+                match dev.mirror(base, LEN, 0) {
+                    Ok(()) => {
+                        mirrored += 1;
+                        ok = true;
+                    }
+                    Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
+                        busy += 1;
+                        ok = false;
+                    }
+                    Err(e) => {
+                        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                        return Err(e).context("MIRROR while racing");
+                    }
+                }
+                if ok && i < 3 {
+                    dev.unmirror()?;
+                    ok = false;
+                }
+            }
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            let k = zapper
+                .join()
+                .map_err(|_| anyhow::anyhow!("zapper panicked"))??;
+            Ok((k, ok))
+        })?;
+        zaps += zapped;
+        if !last {
+            continue;
+        }
+        // Quiet: nothing changes the range now.
+        let states = pagemap::states(base, n)?;
+        for (i, st) in states.iter().enumerate() {
+            if dev.access(base + i * PAGE_SIZE, PAGE_SIZE)? == 1 && *st != PageState::Present {
+                stale += 1;
+            }
+        }
+        checked += 1;
+        dev.unmirror()?;
+    }
+    t.diag(&format!(
+        "{mirrored} mirrors ({busy} gave up with EAGAIN) raced {zaps} MADV_DONTNEEDs; \
+         {checked} quiet checks of {n} pages found {stale} stale device mappings"
+    ));
+    if checked < ROUNDS / 4 {
+        bail!("only {checked} of {ROUNDS} rounds ended with a mirror; too few checks");
+    }
+    if stale != 0 {
+        bail!("the device mapped {stale} pages whose host mapping was gone");
+    }
+    Ok(())
+}
+
 fn swap_on() -> Result<bool> {
     let swaps = sys::read("/proc/swaps")?;
     if swaps.lines().count() > 1 {
@@ -444,7 +526,7 @@ fn invalid_ioctls(t: &Ktap) -> Result<()> {
         dev.ioctl(0x6d7f, 0).map(drop),
         libc::ENOTTY,
     );
-    expect("unknown config bits", dev.config(0x4), libc::EINVAL);
+    expect("unknown config bits", dev.config(0x8), libc::EINVAL);
     expect(
         "FAIL_FAST with FAIL_AFTER",
         dev.config(lru_mirror::config_fail_after(8) | lru_mirror::CONFIG_FAIL_FAST),
@@ -518,6 +600,41 @@ fn child_exit() -> Result<()> {
     std::process::exit(0);
 }
 
+/// Child: mirror, fork a grandchild that inherits the file, close our own
+/// copy and exit while the grandchild closes the last one: the exit path
+/// (`exit_mmap()`) and the grandchild's unregistering both call `release()`,
+/// possibly at the same time.
+fn child_fork_race() -> Result<()> {
+    let s = Setup::new(0)?;
+    s.access_even()?;
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe() returns.
+    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("pipe");
+    }
+    // SAFETY: this child process is single-threaded, so fork() is safe; the
+    // grandchild only uses async-signal-safe calls before _exit().
+    match unsafe { libc::fork() } {
+        -1 => Err(std::io::Error::last_os_error()).context("fork"),
+        0 => {
+            let mut b = 0u8;
+            // SAFETY: reading one byte into `b` from our pipe; then closing
+            // the inherited device file (the last reference) and leaving.
+            unsafe {
+                libc::read(fds[0], (&mut b as *mut u8).cast(), 1);
+                libc::close(s.dev.raw_fd());
+                libc::_exit(0);
+            }
+        }
+        _ => {
+            drop(s.dev);
+            // SAFETY: writing one byte from a local to our pipe.
+            unsafe { libc::write(fds[1], b"x".as_ptr().cast(), 1) };
+            std::process::exit(0);
+        }
+    }
+}
+
 /// Child: mirror, tell the parent, wait until stdin closes.
 fn child_hold() -> Result<()> {
     let _s = Setup::new(0)?;
@@ -544,6 +661,41 @@ fn close_and_exit_clean(t: &Ktap) -> Result<()> {
     }
     watch.expect_clean()?;
     t.diag("closed a mirrored fd; a process exited while mirrored");
+    Ok(())
+}
+
+/// `release()` can be called twice, concurrently (exit and unregister race);
+/// it must be idempotent. Many rounds of exiting while a forked child closes
+/// the file leave dmesg clean and the module unreferenced.
+fn exit_and_close_race_clean(t: &Ktap) -> Result<()> {
+    const ROUNDS: usize = 20;
+    let watch = sys::DmesgWatch::start()?;
+    let base = refcnt()?;
+    for _ in 0..ROUNDS {
+        let st = Command::new(std::env::current_exe()?)
+            .arg("--mirror-fork-race")
+            .status()
+            .context("running --mirror-fork-race")?;
+        if !st.success() {
+            bail!("--mirror-fork-race child failed: {st}");
+        }
+    }
+    // The grandchildren are not ours to wait for: wait for their closes.
+    let mut left = refcnt()?;
+    for _ in 0..100 {
+        if left == base {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        left = refcnt()?;
+    }
+    if left != base {
+        bail!("module refcnt {left} after the races, expected {base}");
+    }
+    watch.expect_clean()?;
+    t.diag(&format!(
+        "{ROUNDS} rounds of exit racing a forked child's close: clean"
+    ));
     Ok(())
 }
 
@@ -606,6 +758,12 @@ fn main() {
                 std::process::exit(1);
             }
         }
+        Some("--mirror-fork-race") => {
+            if let Err(e) = child_fork_race() {
+                eprintln!("mirror-fork-race: {e:#}");
+                std::process::exit(1);
+            }
+        }
         Some("--mirror-hold") => {
             let code = match child_hold() {
                 Ok(()) => 0,
@@ -619,7 +777,7 @@ fn main() {
         _ => {}
     }
 
-    let mut t = Ktap::new(13);
+    let mut t = Ktap::new(15);
     let (guard, cg) = match aging::enter_sandbox(MEMCG) {
         Ok(v) => v,
         Err(e) => Ktap::skip_all(&format!("no memcg/lru_gen to test with: {e:#}")),
@@ -651,11 +809,19 @@ fn main() {
         reclaim_keeps_device_accessed(&t, &cg, true),
     );
     t.check("invalid_ioctls_rejected_unchanged", invalid_ioctls(&t));
+    t.check(
+        "mirror_racing_invalidation_never_stale",
+        mirror_races_invalidation(&t),
+    );
     let mut clean = close_and_exit_clean(&t);
     if let (Ok(()), Some(w)) = (&clean, &watch) {
         clean = w.expect_clean();
     }
     t.check("close_and_exit_while_mirrored_clean", clean);
+    t.check(
+        "exit_racing_close_release_twice_clean",
+        exit_and_close_race_clean(&t),
+    );
     t.check(
         "rmmod_refused_while_mirrored_then_clean",
         rmmod_while_mirrored(&t),
