@@ -37,6 +37,7 @@
 
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use kernel::{
+    alloc::KVVec,
     bindings, c_str,
     miscdevice::{MiscDevice, MiscDeviceRegistration},
     mm::mmu_notifier::{FastYoung, InvalidateRange, MmuNotifierOps, Registration, WouldBlock},
@@ -157,7 +158,8 @@ unsafe impl kernel::types::AsBytes for uapi::Stats {}
 
 /// Highest user address on x86-64 with 5-level paging.
 const USER_END: u64 = 1 << 56;
-/// Attempts of `MIRROR` to map its range while invalidations keep racing with it.
+/// Attempts of `MIRROR` to map its range while invalidations keep racing with it (waits for
+/// running invalidations do not count).
 const MAP_RETRIES: usize = 64;
 /// Pages pinned per `pin_user_pages_fast()` call.
 const PIN_BATCH: usize = 512;
@@ -211,7 +213,7 @@ struct InvState {
 struct MirrorState {
     start: usize,
     npages: usize,
-    pages: KVec<AtomicU8>,
+    pages: KVVec<AtomicU8>,
     #[pin]
     inv: SpinLock<InvState>,
     /// Set when `MIRROR` committed the mapping; cleared by the first `release()`.
@@ -221,10 +223,12 @@ struct MirrorState {
 
 impl MirrorState {
     fn new(start: usize, npages: usize, shared: Arc<Shared>) -> Result<impl PinInit<Self, Error>> {
-        let mut pages = KVec::with_capacity(npages, GFP_KERNEL)?;
+        // Up to 256 KiB: let it come from vmalloc when kmalloc has no such block.
+        let mut pages = KVVec::with_capacity(npages, GFP_KERNEL)?;
         for _ in 0..npages {
             pages.push(AtomicU8::new(0), GFP_KERNEL)?;
         }
+        // INVARIANT: `pages.len() == npages`, and no page is `MAPPED` before `map_all` commits.
         Ok(try_pin_init!(Self {
             start,
             npages,
@@ -323,8 +327,14 @@ impl MirrorState {
         let mut inv = self.inv.lock();
         inv.seq += 1;
         // Every end has its start: mmu_notifier_register() takes mm_take_all_locks(), which
-        // excludes the registration from landing between an invalidation's start and end.
-        inv.active = inv.active.saturating_sub(1);
+        // keeps a registration from landing between an invalidation's start and end. (A start
+        // without its end happens when the subscription is unlinked in between, by the exit
+        // path or by unregistering; that is terminal for the mirror.)
+        if inv.active == 0 {
+            pr_warn!("invalidate_range_end() without its start\n");
+        } else {
+            inv.active -= 1;
+        }
     }
 
     /// Faults the whole mirror in and maps it, retrying while invalidations race with it
@@ -332,11 +342,28 @@ impl MirrorState {
     /// no invalidation was running or started between reading the sequence count and committing,
     /// so every page's host mapping still exists when the device maps it.
     fn map_all(&self) -> Result {
-        for _ in 0..MAP_RETRIES {
-            let seq = self.inv.lock().seq;
+        let mut tries = 0;
+        while tries < MAP_RETRIES {
+            if kernel::current!().signal_pending() {
+                return Err(EINTR);
+            }
+            let seq = {
+                let inv = self.inv.lock();
+                if inv.active != 0 {
+                    // Wait for the running invalidation instead of faulting in for nothing.
+                    drop(inv);
+                    // SAFETY: called in process context without locks held; it only yields.
+                    unsafe { bindings::schedule() };
+                    continue;
+                }
+                inv.seq
+            };
+            tries += 1;
             fault_in(self.start, self.npages)?;
             let inv = self.inv.lock();
             if inv.seq == seq && inv.active == 0 {
+                // INVARIANT: no invalidation overlapped the fault-in, so every page's host
+                // mapping exists now; later invalidations unmap under `inv`.
                 for p in self.pages.iter() {
                     p.store(MAPPED, Ordering::Release);
                 }
@@ -389,6 +416,8 @@ macro_rules! mirror_ops {
     ($ty:ty { $($extra:tt)* }) => {
         #[vtable]
         impl MmuNotifierOps for $ty {
+            const OWNER: &'static ThisModule = &THIS_MODULE;
+
             fn release(&self) {
                 self.st.release()
             }

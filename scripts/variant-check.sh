@@ -4,7 +4,8 @@
 # kernel does not cover, a Rust-enabled kernel without MMU notifiers
 # (CONFIG_RUST=y, CONFIG_LRU_GEN=y, no KVM, so CONFIG_MMU_NOTIFIER=n): the
 # multi-gen LRU's fallback and the kernel crate must compile without the
-# notifier API.
+# notifier API. The variant also has 32-bit compat (CONFIG_COMPAT=y), which
+# the test kernel lacks, so the misc device's compat_ioctl is compiled too.
 #
 # Builds in its own worktree of the cached kernel tree (at the tree's HEAD,
 # i.e. the series as applied), configured as tinyconfig + the project's
@@ -31,10 +32,11 @@ step "worktree $VDIR at $(git -C "$KDIR" log -1 --format='%h %s' "$head")" workt
 configure() {
 	KDIR=$VDIR kmake -s tinyconfig >/dev/null
 	(cd "$VDIR" && KCONFIG_CONFIG=.config scripts/kconfig/merge_config.sh -m -Q .config "$FRAGMENT" >/dev/null)
-	(cd "$VDIR" && scripts/config --disable KVM --disable KVM_AMD --disable VIRTUALIZATION)
+	(cd "$VDIR" && scripts/config --disable KVM --disable KVM_AMD --disable VIRTUALIZATION \
+		--enable IA32_EMULATION)
 	KDIR=$VDIR kmake -s olddefconfig >/dev/null
 	local want bad=0
-	for want in CONFIG_RUST=y CONFIG_LRU_GEN=y; do
+	for want in CONFIG_RUST=y CONFIG_LRU_GEN=y CONFIG_COMPAT=y; do
 		grep -qxF "$want" "$VDIR/.config" || { echo "  variant config lacks: $want" >&2; bad=1; }
 	done
 	# MMU_NOTIFIER has no prompt: unselected, it is absent from .config.
@@ -44,7 +46,7 @@ configure() {
 	fi
 	[ "$bad" -eq 0 ] || die "could not configure the variant (see above)"
 }
-step "configuring: fragment without KVM, CONFIG_MMU_NOTIFIER=n" configure
+step "configuring: fragment without KVM (CONFIG_MMU_NOTIFIER=n), with CONFIG_COMPAT" configure
 
 build() {
 	KDIR=$VDIR kmake prepare
@@ -57,4 +59,4 @@ if [ "$rc" -ne 0 ]; then
 	grep -E -A6 '^(error|ERROR)|error:' "$MGLRU_CACHE/logs/variant-no-mmu-notifier.log" | head -n 40 >&2 || true
 	die "the series does not build without CONFIG_MMU_NOTIFIER"
 fi
-log "the series builds with CONFIG_RUST=y, CONFIG_LRU_GEN=y and CONFIG_MMU_NOTIFIER=n"
+log "the series builds with CONFIG_RUST=y, CONFIG_LRU_GEN=y, CONFIG_MMU_NOTIFIER=n and CONFIG_COMPAT=y"

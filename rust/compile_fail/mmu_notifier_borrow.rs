@@ -14,6 +14,8 @@ struct Borrowing<'a>(&'a u64);
 
 #[vtable]
 impl<'a> MmuNotifierOps for Borrowing<'a> {
+    const OWNER: &'static ThisModule = &THIS_MODULE;
+
     fn invalidate_range_start<'r>(
         &self,
         _range: &InvalidateRange<'r>,

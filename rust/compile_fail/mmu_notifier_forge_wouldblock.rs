@@ -14,6 +14,8 @@ struct Owning(u64);
 
 #[vtable]
 impl MmuNotifierOps for Owning {
+    const OWNER: &'static ThisModule = &THIS_MODULE;
+
     fn invalidate_range_start<'r>(
         &self,
         _range: &InvalidateRange<'r>,
