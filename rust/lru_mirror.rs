@@ -352,7 +352,8 @@ impl MirrorState {
                 if inv.active != 0 {
                     // Wait for the running invalidation instead of faulting in for nothing.
                     drop(inv);
-                    // SAFETY: called in process context without locks held; it only yields.
+                    // SAFETY: called in process context with no spinlock held (the session
+                    // mutex is held, which allows sleeping); it only yields the CPU.
                     unsafe { bindings::schedule() };
                     continue;
                 }

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 //! Control: the notifier of the compile-fail cases, owning its data and failing only through
-//! `range.would_block()`, compiles.
-use kernel::mm::mmu_notifier::{InvalidateRange, MmuNotifierOps, WouldBlock};
+//! `range.would_block()`, compiles, and so does registering it.
+use kernel::mm::mmu_notifier::{InvalidateRange, MmuNotifierOps, Registration, WouldBlock};
 use kernel::prelude::*;
 
 module! {
@@ -32,6 +32,8 @@ struct M;
 
 impl kernel::Module for M {
     fn init(_module: &'static ThisModule) -> Result<Self> {
+        // Registering instantiates the operations table (and its const checks).
+        let _ = KBox::pin_init(Registration::new_for_current(Owning(0)), GFP_KERNEL);
         Ok(M)
     }
 }
