@@ -294,9 +294,7 @@ impl MirrorState {
     /// only the first call for a mapped mirror counts.
     fn release(&self) {
         let mut inv = self.inv.lock();
-        for p in self.pages.iter() {
-            p.store(0, Ordering::Release);
-        }
+        self.unmap(self.start, self.end());
         inv.seq += 1;
         drop(inv);
         if self.live.swap(false, Ordering::AcqRel) {

@@ -117,8 +117,7 @@ gen_config() {
 		kmake rustavailable || true
 		die "Rust toolchain not usable for the kernel (see above); run 'make deps'"
 	}
-	kmake -s tinyconfig >/dev/null
-	(cd "$KDIR" && KCONFIG_CONFIG=.config scripts/kconfig/merge_config.sh -m -Q .config "$FRAGMENT" >/dev/null)
+	configure_fragment "$KDIR" "$FRAGMENT"
 	kmake -s olddefconfig >/dev/null
 	verify_config
 	hash_files "$FRAGMENT" >"$KDIR/.git/mglru-config"

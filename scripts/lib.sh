@@ -114,8 +114,20 @@ run_logged() {
 	return "$rc"
 }
 
+# hash_files FILE...: one hash of the files' contents; missing files count as
+# empty.
 hash_files() {
-	cat "$@" 2>/dev/null | sha256sum | cut -d' ' -f1
+	local f
+	for f in "$@"; do
+		if [ -f "$f" ]; then cat "$f"; fi
+	done | sha256sum | cut -d' ' -f1
+}
+
+# configure_fragment DIR FRAGMENT: tinyconfig plus FRAGMENT in the kernel tree
+# at DIR (the caller runs olddefconfig after any further changes).
+configure_fragment() {
+	KDIR=$1 kmake -s tinyconfig >/dev/null
+	(cd "$1" && KCONFIG_CONFIG=.config scripts/kconfig/merge_config.sh -m -Q .config "$2" >/dev/null)
 }
 
 # The patch series and the state of the kernel tree it was applied to.

@@ -30,8 +30,7 @@ worktree() {
 step "worktree $VDIR at $(git -C "$KDIR" log -1 --format='%h %s' "$head")" worktree
 
 configure() {
-	KDIR=$VDIR kmake -s tinyconfig >/dev/null
-	(cd "$VDIR" && KCONFIG_CONFIG=.config scripts/kconfig/merge_config.sh -m -Q .config "$FRAGMENT" >/dev/null)
+	configure_fragment "$VDIR" "$FRAGMENT"
 	(cd "$VDIR" && scripts/config --disable KVM --disable KVM_AMD --disable VIRTUALIZATION \
 		--enable IA32_EMULATION)
 	KDIR=$VDIR kmake -s olddefconfig >/dev/null

@@ -211,9 +211,8 @@ impl HostMem {
     /// First dword of page `i`, read from the host side.
     pub fn read_page_u32(&self, i: usize) -> u32 {
         assert!(i < self.pages());
-        // SAFETY: in bounds (asserted), aligned, and the mapping lives as long
-        // as `self`; volatile because the guest writes it behind our back.
-        unsafe { std::ptr::read_volatile(self.ptr.add(i * PAGE_SIZE).cast::<u32>()) }
+        self.read_u32_at(i * PAGE_SIZE)
+            .expect("page start is in bounds and aligned")
     }
 
     /// Drops pages `first..first+count` (`MADV_DONTNEED`): the host page

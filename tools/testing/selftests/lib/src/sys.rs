@@ -127,6 +127,20 @@ impl DmesgWatch {
     }
 }
 
+/// Fails unless at least 90 % of `bytes` of the calling process's anonymous
+/// memory are THPs (the PMD-mapped cases need them); `what` names the memory.
+pub fn expect_thp_backed(bytes: usize, what: &str) -> Result<()> {
+    let huge = anon_huge_bytes()?;
+    if huge < (bytes as u64) * 9 / 10 {
+        anyhow::bail!(
+            "only {} of the {} MiB of {what} are THPs; the PMD case needs them",
+            huge >> 20,
+            bytes >> 20
+        );
+    }
+    Ok(())
+}
+
 /// `AnonHugePages` of the calling process (`/proc/self/smaps_rollup`), in
 /// bytes: how much of its anonymous memory is mapped by THPs.
 pub fn anon_huge_bytes() -> Result<u64> {

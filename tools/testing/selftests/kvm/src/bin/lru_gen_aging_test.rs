@@ -178,14 +178,7 @@ fn faulted_vm(bytes: usize, vcpus: usize, backing: Backing) -> Result<TouchVm> {
     let pages = vm.mem.pages();
     vm.touch_all(0, pages, Access::Write(0x6167_6521))?;
     if backing == Backing::Thp {
-        let huge = sys::anon_huge_bytes()?;
-        if huge < (bytes as u64) * 9 / 10 {
-            bail!(
-                "only {} MiB of the {} MiB guest memory are THPs; the PMD case needs them",
-                huge >> 20,
-                bytes >> 20
-            );
-        }
+        sys::expect_thp_backed(bytes, "guest memory")?;
     }
     Ok(vm)
 }

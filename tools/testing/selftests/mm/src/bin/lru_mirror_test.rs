@@ -205,14 +205,7 @@ fn young_and_failed_mid_range(t: &Ktap, cg: &Memcg) -> Result<()> {
     const HUGE_PAGES: usize = HUGE / PAGE_SIZE;
     let mem = HostMem::new(MEM, Backing::Thp)?;
     mem.fill(0x7468_7021);
-    let huge = sys::anon_huge_bytes()?;
-    if huge < (MEM as u64) * 9 / 10 {
-        bail!(
-            "only {} of {} MiB are THPs; the PMD walk needs them",
-            huge >> 20,
-            MEM >> 20
-        );
-    }
+    sys::expect_thp_backed(MEM, "mirrored memory")?;
     let dev = Mirror::open()?;
     let base = mem.as_ptr() as usize;
     dev.mirror(base, MEM, 0).context("LRU_MIRROR MIRROR")?;
@@ -652,6 +645,18 @@ fn child_hold() -> Result<()> {
     Ok(())
 }
 
+/// Runs this test binary as a child in mode `arg` and waits for it.
+fn run_child(arg: &str) -> Result<()> {
+    let st = Command::new(std::env::current_exe()?)
+        .arg(arg)
+        .status()
+        .with_context(|| format!("running {arg}"))?;
+    if !st.success() {
+        bail!("{arg} child failed: {st}");
+    }
+    Ok(())
+}
+
 fn close_and_exit_clean(t: &Ktap) -> Result<()> {
     let watch = sys::DmesgWatch::start()?;
     {
@@ -659,13 +664,7 @@ fn close_and_exit_clean(t: &Ktap) -> Result<()> {
         s.access_even()?;
         drop(s.dev); // close while mirrored
     }
-    let st = Command::new(std::env::current_exe()?)
-        .arg("--mirror-exit")
-        .status()
-        .context("running --mirror-exit")?;
-    if !st.success() {
-        bail!("--mirror-exit child failed: {st}");
-    }
+    run_child("--mirror-exit")?;
     watch.expect_clean()?;
     t.diag("closed a mirrored fd; a process exited while mirrored");
     Ok(())
@@ -679,13 +678,7 @@ fn exit_and_close_race_clean(t: &Ktap) -> Result<()> {
     let watch = sys::DmesgWatch::start()?;
     let base = refcnt()?;
     for _ in 0..ROUNDS {
-        let st = Command::new(std::env::current_exe()?)
-            .arg("--mirror-fork-race")
-            .status()
-            .context("running --mirror-fork-race")?;
-        if !st.success() {
-            bail!("--mirror-fork-race child failed: {st}");
-        }
+        run_child("--mirror-fork-race")?;
     }
     // The grandchildren are not ours to wait for: wait for their closes.
     let mut left = refcnt()?;
