@@ -9,6 +9,8 @@
 #   make bisect-check   build the kernel at every patch of the series
 #   make variant-check  build mm/vmscan.o and rust/ without CONFIG_MMU_NOTIFIER
 #   make lint           rustfmtcheck + CLIPPY=1 for the kernel crate and modules
+#   make bench          aging benchmark in the VM: 0x8 off/on/floor side by side,
+#                       results and plots in results/ (B="-m 64M -v 2" to narrow)
 #   make deps | kernel | modules | selftests | kernel-tree | export-patches
 #   make clean          remove build outputs in this clone
 
@@ -23,7 +25,7 @@ $(eval $(VM_ARGS):;@:)
 endif
 endif
 
-.PHONY: all run check bisect-check variant-check lint deps kernel kernel-tree export-patches modules selftests vm-run clean
+.PHONY: all run check bench bisect-check variant-check lint deps kernel kernel-tree export-patches modules selftests vm-run clean
 
 all: run
 
@@ -35,6 +37,9 @@ check:
 
 deps:
 	@$(S)/deps.sh
+
+bench:
+	@$(S)/bench.sh $(B)
 
 bisect-check: deps
 	@$(S)/bisect-check.sh

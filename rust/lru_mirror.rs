@@ -15,13 +15,14 @@
 //!   fast.
 //! - `ACCESS {start, len}`: access the device-mapped pages of the range through the device;
 //!   returns how many pages were accessed (unmapped ones are not).
-//! - `CONFIG flags`: `FAIL_FAST` makes the fast-only op answer "failed" (simulated contention);
+//! - `CONFIG flags`: `FAIL_FAST` makes the fast-only op answer "failed" for every asked page
+//!   (simulated contention);
 //!   `SLOW_INVALIDATE` makes every invalidation that hits the mirror spin for a while after
 //!   unmapping (widens race windows for tests);
-//!   `FAIL_AFTER` with a page count `k` in bits 32..47 makes it answer ranges of more than `k`
-//!   pages for their first `k` pages only, clearing what it finds young there, and fail the rest,
-//!   as a secondary MMU that stops at the first entry it cannot handle (the answer then carries
-//!   both "young" and "failed").
+//!   `FAIL_AFTER` with a page count `k` in bits 32..47 makes it answer the first `k` asked pages
+//!   of each batch only, clearing what it finds young there, and fail the rest, as a secondary
+//!   MMU that stops at the first entry it cannot handle (one answer then has both young and
+//!   failed pages).
 //! - `STATS`: per-op counters; `UNMIRROR`: drop the mirror (closing the file does too).
 //!
 //! The notifier forgets pages on invalidation (munmap, `MADV_DONTNEED`, migration, ...) and on
@@ -40,7 +41,7 @@ use kernel::{
     alloc::KVVec,
     bindings, c_str,
     miscdevice::{MiscDevice, MiscDeviceRegistration},
-    mm::mmu_notifier::{FastYoung, InvalidateRange, MmuNotifierOps, Registration, WouldBlock},
+    mm::mmu_notifier::{InvalidateRange, MmuNotifierOps, Registration, WouldBlock, YoungBatch},
     new_mutex, new_spinlock,
     page::{PAGE_SHIFT, PAGE_SIZE},
     prelude::*,
@@ -89,11 +90,13 @@ pub mod uapi {
     #[repr(C)]
     #[derive(Clone, Copy, Default)]
     pub struct Stats {
-        /// `test_clear_young_fast_only()` calls, those that answered young, and failed.
+        /// `test_clear_young_fast_only()` calls (one per batch).
         pub fast_calls: u64,
-        /// See `fast_calls`.
+        /// Pages asked about in them.
+        pub fast_pages: u64,
+        /// Asked pages answered young.
         pub fast_young: u64,
-        /// See `fast_calls`.
+        /// Asked pages answered "failed".
         pub fast_failed: u64,
         /// `clear_young()` and `clear_flush_young()` calls, and those that answered young.
         pub slow_calls: u64,
@@ -175,6 +178,7 @@ struct Shared {
     /// With [`uapi::CONFIG_FAIL_AFTER`]: pages answered per range before failing; 0 when off.
     fail_after: AtomicU64,
     fast_calls: AtomicU64,
+    fast_pages: AtomicU64,
     fast_young: AtomicU64,
     fast_failed: AtomicU64,
     slow_calls: AtomicU64,
@@ -451,28 +455,30 @@ macro_rules! mirror_ops {
 }
 
 mirror_ops!(FastMirror {
-    fn test_clear_young_fast_only(&self, start: usize, end: usize, clear: bool) -> FastYoung {
-        let shared = &self.st.shared;
+    fn test_clear_young_fast_only(&self, batch: &mut YoungBatch<'_>) {
+        let st = &self.st;
+        let shared = &st.shared;
+        let fail_every = shared.fail_fast.load(Ordering::Relaxed);
+        // With `FAIL_AFTER k`: answer the first k asked pages, fail the rest.
+        let after = shared.fail_after.load(Ordering::Relaxed);
+        let (mut asked, mut young, mut failed) = (0u64, 0u64, 0u64);
+        for i in batch.asked() {
+            asked += 1;
+            let Some(addr) = batch.addr(i) else { continue };
+            if fail_every || (after != 0 && asked > after) {
+                batch.set_failed(i);
+                failed += 1;
+                continue;
+            }
+            if st.young(addr, addr + PAGE_SIZE, batch.should_clear()) {
+                batch.set_young(i);
+                young += 1;
+            }
+        }
         inc(&shared.fast_calls, 1);
-        if shared.fail_fast.load(Ordering::Relaxed) {
-            inc(&shared.fast_failed, 1);
-            return FastYoung::Failed;
-        }
-        let after = shared.fail_after.load(Ordering::Relaxed) as usize;
-        if after != 0 && end - start > after << PAGE_SHIFT {
-            // Answer the first `after` pages, then give up on the rest.
-            let young = self.st.young(start, start + (after << PAGE_SHIFT), clear);
-            inc(&shared.fast_young, young as u64);
-            inc(&shared.fast_failed, 1);
-            return if young {
-                FastYoung::YoungAndFailed
-            } else {
-                FastYoung::Failed
-            };
-        }
-        let young = self.st.young(start, end, clear);
-        inc(&shared.fast_young, young as u64);
-        FastYoung::from(young)
+        inc(&shared.fast_pages, asked);
+        inc(&shared.fast_young, young);
+        inc(&shared.fast_failed, failed);
     }
 });
 
@@ -616,6 +622,7 @@ impl Session {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         uapi::Stats {
             fast_calls: get(&s.fast_calls),
+            fast_pages: get(&s.fast_pages),
             fast_young: get(&s.fast_young),
             fast_failed: get(&s.fast_failed),
             slow_calls: get(&s.slow_calls),

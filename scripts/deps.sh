@@ -12,6 +12,8 @@ PKGS=(
 	# cargo (crates.io over https) needs the CA bundle, which a minimal
 	# Debian lacks; debootstrap builds the fresh-system check's root.
 	ca-certificates debootstrap
+	# make bench draws its plots with gnuplot.
+	gnuplot-nox
 )
 
 missing=()

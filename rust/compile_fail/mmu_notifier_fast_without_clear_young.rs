@@ -2,7 +2,7 @@
 //! Must not compile: a fast-only op without `clear_young()`, through which its failed answers
 //! would be resolved. The core would never ask it fast; the abstraction refuses to build the
 //! operations table.
-use kernel::mm::mmu_notifier::{FastYoung, MmuNotifierOps, Registration};
+use kernel::mm::mmu_notifier::{MmuNotifierOps, Registration, YoungBatch};
 use kernel::prelude::*;
 
 module! {
@@ -17,8 +17,8 @@ struct FastOnly;
 impl MmuNotifierOps for FastOnly {
     const OWNER: &'static ThisModule = &THIS_MODULE;
 
-    fn test_clear_young_fast_only(&self, _start: usize, _end: usize, _clear: bool) -> FastYoung {
-        FastYoung::Failed
+    fn test_clear_young_fast_only(&self, batch: &mut YoungBatch<'_>) {
+        batch.fail_all();
     }
 }
 

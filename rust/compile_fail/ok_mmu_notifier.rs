@@ -1,7 +1,10 @@
 // SPDX-License-Identifier: GPL-2.0
-//! Control: the notifier of the compile-fail cases, owning its data and failing only through
-//! `range.would_block()`, compiles, and so does registering it.
-use kernel::mm::mmu_notifier::{InvalidateRange, MmuNotifierOps, Registration, WouldBlock};
+//! Control: the notifier of the compile-fail cases, owning its data, failing only through
+//! `range.would_block()` and answering fast-only batches within the call (with `clear_young()`),
+//! compiles, and so does registering it.
+use kernel::mm::mmu_notifier::{
+    InvalidateRange, MmuNotifierOps, Registration, WouldBlock, YoungBatch,
+};
 use kernel::prelude::*;
 
 module! {
@@ -24,6 +27,20 @@ impl MmuNotifierOps for Owning {
         match range.would_block() {
             Some(token) if range.start() == 0 => Err(token),
             _ => Ok(()),
+        }
+    }
+
+    fn clear_young(&self, _start: usize, _end: usize) -> bool {
+        false
+    }
+
+    fn test_clear_young_fast_only(&self, batch: &mut YoungBatch<'_>) {
+        for i in batch.asked() {
+            if self.0 == 0 {
+                batch.set_young(i);
+            } else {
+                batch.set_failed(i);
+            }
         }
     }
 }

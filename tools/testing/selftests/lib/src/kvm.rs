@@ -28,6 +28,10 @@ pub const MAX_DATA: usize = CODE_GPA as usize;
 
 const DATA_SLOT: u32 = 0;
 const CODE_SLOT: u32 = 1;
+/// First memslot id of the data pieces after the first ([`TouchVm::set_data_slots`]).
+const EXTRA_SLOT: u32 = 2;
+/// Most data memslots [`TouchVm::set_data_slots`] creates.
+pub const MAX_DATA_PIECES: usize = 8;
 
 // mov [esi], eax | add esi, edi | dec ecx | jnz -7 | out 0x10, al | hlt
 const WRITE_LOOP: [u8; 10] = [0x89, 0x06, 0x01, 0xfe, 0x49, 0x75, 0xf9, 0xe6, 0x10, 0xf4];
@@ -40,6 +44,20 @@ const VMRUN_ONCE: [u8; 11] = [
     0xb8, 0x00, 0x10, 0x00, 0x00, 0x0f, 0x01, 0xd8, 0xe6, 0x10, 0xf4,
 ];
 const VMRUN_OFF: u64 = 0x20;
+// loop: rdtsc | mov ebp, eax | mov [esi], ecx | rdtsc | sub eax, ebp |
+//       mov [ebx], eax | add ebx, 4 | add esi, edi | dec ecx | jnz loop |
+//       out 0x10, al | hlt
+// Writes each page and logs the TSC cycles the write took (a fault
+// included) as one u32 per page at ebx.
+const TIMED_WRITE_LOOP: [u8; 23] = [
+    0x0f, 0x31, 0x89, 0xc5, 0x89, 0x0e, 0x0f, 0x31, 0x29, 0xe8, 0x89, 0x03, 0x83, 0xc3, 0x04, 0x01,
+    0xfe, 0x49, 0x75, 0xec, 0xe6, 0x10, 0xf4,
+];
+const TIMED_OFF: u64 = 0x40;
+/// Guest physical address of the latency log memslot (one u32 per data
+/// page), above the code.
+const LOG_GPA: u64 = CODE_GPA + (16 << 20);
+const LOG_SLOT: u32 = 16;
 
 /// Pages at the start of data memory that [`TouchVm::run_nested_once`]
 /// uses for the VMCB, the host save area, L1's nested page table, L2, and
@@ -299,6 +317,8 @@ pub struct TouchVm {
     /// Guest data memory (guest physical 0..len).
     pub mem: HostMem,
     _code: HostMem,
+    /// Per-page latency log of [`TouchVm::timed_write_with`].
+    log: HostMem,
     _kvm: Kvm,
 }
 
@@ -366,6 +386,11 @@ impl TouchVm {
                 code.as_ptr().add(VMRUN_OFF as usize),
                 VMRUN_ONCE.len(),
             );
+            std::ptr::copy_nonoverlapping(
+                TIMED_WRITE_LOOP.as_ptr(),
+                code.as_ptr().add(TIMED_OFF as usize),
+                TIMED_WRITE_LOOP.len(),
+            );
         }
         let cpuid = if svm {
             let c = kvm
@@ -382,7 +407,15 @@ impl TouchVm {
         } else {
             None
         };
-        for (slot, gpa, m) in [(DATA_SLOT, 0, &mem), (CODE_SLOT, CODE_GPA, &code)] {
+        let log = HostMem::new(
+            (mem.pages() * 4).next_multiple_of(PAGE_SIZE),
+            Backing::Anon4k,
+        )?;
+        for (slot, gpa, m) in [
+            (DATA_SLOT, 0, &mem),
+            (CODE_SLOT, CODE_GPA, &code),
+            (LOG_SLOT, LOG_GPA, &log),
+        ] {
             let region = kvm_userspace_memory_region {
                 slot,
                 flags: 0,
@@ -435,6 +468,7 @@ impl TouchVm {
             vm,
             mem,
             _code: code,
+            log,
             _kvm: kvm,
         })
     }
@@ -455,6 +489,50 @@ impl TouchVm {
         unsafe { self.vm.set_user_memory_region(region) }.with_context(|| {
             format!("KVM_SET_USER_MEMORY_REGION slot {DATA_SLOT} present={present}")
         })
+    }
+
+    /// Replaces the data memslot by one memslot per `(first, count)` piece
+    /// of data pages, each at its own guest physical address and backed by
+    /// the same host pages as before, leaving the pages between pieces in no
+    /// memslot (holes). Pieces must be sorted and disjoint. No vCPU may run
+    /// meanwhile, and a vCPU must touch only pages inside a piece afterwards.
+    pub fn set_data_slots(&self, pieces: &[(usize, usize)]) -> Result<()> {
+        let pages = self.mem.pages();
+        let mut end = 0;
+        for &(first, count) in pieces {
+            if count == 0 || first < end || first + count > pages {
+                bail!(
+                    "memslot pieces {pieces:?} are not sorted, disjoint and inside {pages} pages"
+                );
+            }
+            end = first + count;
+        }
+        if pieces.is_empty() || pieces.len() > MAX_DATA_PIECES {
+            bail!(
+                "want 1 to {MAX_DATA_PIECES} memslot pieces, got {}",
+                pieces.len()
+            );
+        }
+        self.set_data_slot(false)?;
+        for (k, &(first, count)) in pieces.iter().enumerate() {
+            let slot = if k == 0 {
+                DATA_SLOT
+            } else {
+                EXTRA_SLOT + k as u32 - 1
+            };
+            let region = kvm_userspace_memory_region {
+                slot,
+                flags: 0,
+                guest_phys_addr: (first * PAGE_SIZE) as u64,
+                memory_size: (count * PAGE_SIZE) as u64,
+                userspace_addr: self.mem.as_ptr() as u64 + (first * PAGE_SIZE) as u64,
+            };
+            // SAFETY: the region is part of `self.mem`, which outlives the VM
+            // (see `new`).
+            unsafe { self.vm.set_user_memory_region(region) }
+                .with_context(|| format!("KVM_SET_USER_MEMORY_REGION slot {slot} {region:?}"))?;
+        }
+        Ok(())
     }
 
     /// Reads KVM's per-VM statistic `name` from debugfs
@@ -564,6 +642,58 @@ impl TouchVm {
         let pages = self.mem.pages();
         let vcpu = self.vcpus.get_mut(idx).context("no such vCPU")?;
         run_touch(vcpu, pages, first, count, stride, access)
+    }
+
+    /// The guest's TSC frequency in kHz (`KVM_GET_TSC_KHZ`), to convert the
+    /// cycles of [`TouchVm::timed_write_with`].
+    pub fn tsc_khz(&self) -> Result<u32> {
+        self.vcpus[0].get_tsc_khz().context("KVM_GET_TSC_KHZ")
+    }
+
+    /// Like [`TouchVm::touch_with`] with writes (of the loop's remaining
+    /// count, never 0), but the guest times each page's write with `rdtsc`
+    /// (a fault it takes included) and logs it; returns the cycles per page,
+    /// in page order.
+    pub fn timed_write_with(&mut self, n: usize, first: usize, count: usize) -> Result<Vec<u32>> {
+        if n == 0 || n > self.vcpus.len() || count == 0 || first + count > self.mem.pages() {
+            bail!("bad timed write: {n} vCPUs, pages {first}+{count}");
+        }
+        std::thread::scope(|s| {
+            let handles: Vec<_> = self
+                .vcpus
+                .iter_mut()
+                .take(n)
+                .enumerate()
+                .map(|(i, vcpu)| {
+                    let lo = first + count * i / n;
+                    let hi = first + count * (i + 1) / n;
+                    s.spawn(move || -> Result<()> {
+                        if hi == lo {
+                            return Ok(());
+                        }
+                        let regs = kvm_regs {
+                            rip: CODE_GPA + TIMED_OFF,
+                            rflags: 0x2,
+                            rsi: (lo * PAGE_SIZE) as u64,
+                            rdi: PAGE_SIZE as u64,
+                            rcx: (hi - lo) as u64,
+                            rbx: LOG_GPA + 4 * lo as u64,
+                            ..Default::default()
+                        };
+                        vcpu.set_regs(&regs).context("KVM_SET_REGS")?;
+                        run_until_done(vcpu)
+                    })
+                })
+                .collect();
+            for h in handles {
+                h.join()
+                    .map_err(|_| anyhow::anyhow!("vCPU thread panicked"))??;
+            }
+            Ok::<(), anyhow::Error>(())
+        })?;
+        (first..first + count)
+            .map(|i| self.log.read_u32_at(4 * i))
+            .collect()
     }
 
     /// Splits pages `first..first+count` evenly over all vCPUs and has them

@@ -39,6 +39,7 @@ pub struct AccessArgs {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
     pub fast_calls: u64,
+    pub fast_pages: u64,
     pub fast_young: u64,
     pub fast_failed: u64,
     pub slow_calls: u64,
@@ -56,6 +57,7 @@ impl Stats {
     pub fn since(&self, earlier: &Stats) -> Stats {
         Stats {
             fast_calls: self.fast_calls - earlier.fast_calls,
+            fast_pages: self.fast_pages - earlier.fast_pages,
             fast_young: self.fast_young - earlier.fast_young,
             fast_failed: self.fast_failed - earlier.fast_failed,
             slow_calls: self.slow_calls - earlier.slow_calls,
@@ -194,8 +196,8 @@ mod tests {
         assert_eq!(UNMIRROR, 0x0000_6d41);
         assert_eq!(ACCESS, 0x4010_6d42);
         assert_eq!(CONFIG, 0x4008_6d43);
-        assert_eq!(STATS, 0x8058_6d44);
-        assert_eq!(std::mem::size_of::<Stats>(), 11 * 8);
+        assert_eq!(STATS, 0x8060_6d44);
+        assert_eq!(std::mem::size_of::<Stats>(), 12 * 8);
     }
 
     #[test]
