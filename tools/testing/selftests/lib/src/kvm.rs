@@ -658,6 +658,35 @@ impl TouchVm {
         if n == 0 || n > self.vcpus.len() || count == 0 || first + count > self.mem.pages() {
             bail!("bad timed write: {n} vCPUs, pages {first}+{count}");
         }
+        self.split_over_vcpus(n, first, count, |vcpu, lo, hi| {
+            let regs = kvm_regs {
+                rip: CODE_GPA + TIMED_OFF,
+                rflags: 0x2,
+                rsi: (lo * PAGE_SIZE) as u64,
+                rdi: PAGE_SIZE as u64,
+                rcx: (hi - lo) as u64,
+                rbx: LOG_GPA + 4 * lo as u64,
+                ..Default::default()
+            };
+            vcpu.set_regs(&regs).context("KVM_SET_REGS")?;
+            run_until_done(vcpu)
+        })?;
+        (first..first + count)
+            .map(|i| self.log.read_u32_at(4 * i))
+            .collect()
+    }
+
+    /// Splits pages `first..first+count` evenly over the first `n` vCPUs and
+    /// runs `f(vcpu, lo, hi)` for each non-empty share `lo..hi` concurrently,
+    /// one thread per vCPU; the first error (or panic) is returned.
+    fn split_over_vcpus(
+        &mut self,
+        n: usize,
+        first: usize,
+        count: usize,
+        f: impl Fn(&mut VcpuFd, usize, usize) -> Result<()> + Sync,
+    ) -> Result<()> {
+        let f = &f;
         std::thread::scope(|s| {
             let handles: Vec<_> = self
                 .vcpus
@@ -667,33 +696,14 @@ impl TouchVm {
                 .map(|(i, vcpu)| {
                     let lo = first + count * i / n;
                     let hi = first + count * (i + 1) / n;
-                    s.spawn(move || -> Result<()> {
-                        if hi == lo {
-                            return Ok(());
-                        }
-                        let regs = kvm_regs {
-                            rip: CODE_GPA + TIMED_OFF,
-                            rflags: 0x2,
-                            rsi: (lo * PAGE_SIZE) as u64,
-                            rdi: PAGE_SIZE as u64,
-                            rcx: (hi - lo) as u64,
-                            rbx: LOG_GPA + 4 * lo as u64,
-                            ..Default::default()
-                        };
-                        vcpu.set_regs(&regs).context("KVM_SET_REGS")?;
-                        run_until_done(vcpu)
-                    })
+                    s.spawn(move || if hi > lo { f(vcpu, lo, hi) } else { Ok(()) })
                 })
                 .collect();
-            for h in handles {
+            handles.into_iter().try_for_each(|h| {
                 h.join()
-                    .map_err(|_| anyhow::anyhow!("vCPU thread panicked"))??;
-            }
-            Ok::<(), anyhow::Error>(())
-        })?;
-        (first..first + count)
-            .map(|i| self.log.read_u32_at(4 * i))
-            .collect()
+                    .map_err(|_| anyhow::anyhow!("vCPU thread panicked"))?
+            })
+        })
     }
 
     /// Splits pages `first..first+count` evenly over all vCPUs and has them
@@ -715,28 +725,8 @@ impl TouchVm {
             bail!("{n} of {} vCPUs requested", self.vcpus.len());
         }
         let pages = self.mem.pages();
-        std::thread::scope(|s| {
-            let handles: Vec<_> = self
-                .vcpus
-                .iter_mut()
-                .take(n)
-                .enumerate()
-                .map(|(i, vcpu)| {
-                    let lo = first + count * i / n;
-                    let hi = first + count * (i + 1) / n;
-                    s.spawn(move || {
-                        if hi > lo {
-                            run_touch(vcpu, pages, lo, hi - lo, 1, access)
-                        } else {
-                            Ok(())
-                        }
-                    })
-                })
-                .collect();
-            handles.into_iter().try_for_each(|h| {
-                h.join()
-                    .map_err(|_| anyhow::anyhow!("vCPU thread panicked"))?
-            })
+        self.split_over_vcpus(n, first, count, |vcpu, lo, hi| {
+            run_touch(vcpu, pages, lo, hi - lo, 1, access)
         })
     }
 }
