@@ -11,11 +11,19 @@
 #   make lint           rustfmtcheck + CLIPPY=1 for the kernel crate and modules
 #   make bench          aging benchmark in the VM: 0x8 off/on/floor side by side,
 #                       results and plots in results/ (B="-m 64M -v 2" to narrow)
+#   make stress         the chaos stress test on the debug kernel (KASAN, lockdep,
+#                       kmemleak, ...), 20 min (STRESS="--duration 5m" to change)
+#   make check-base     unpatched 6.12.117 vs the series with 0x8 clear: same pages
+#                       promoted; new interfaces absent on base
+#
+# FLAVOR=default|debug|base picks the kernel (own tree and build each, shared
+# ccache): make kernel FLAVOR=debug, make vm-run FLAVOR=base -- CMD.
 #   make deps | kernel | modules | selftests | kernel-tree | export-patches
 #   make clean          remove build outputs in this clone
 
 SHELL := /bin/bash
 S := $(CURDIR)/scripts
+export FLAVOR
 
 # make vm-run -- CMD ARGS: everything after vm-run is the command.
 ifeq (vm-run,$(firstword $(MAKECMDGOALS)))
@@ -25,7 +33,7 @@ $(eval $(VM_ARGS):;@:)
 endif
 endif
 
-.PHONY: all run check bench bisect-check variant-check lint deps kernel kernel-tree export-patches modules selftests vm-run clean
+.PHONY: all run check check-base stress bench bisect-check variant-check lint deps kernel kernel-tree export-patches modules selftests vm-run clean
 
 all: run
 
@@ -40,6 +48,12 @@ deps:
 
 bench:
 	@$(S)/bench.sh $(B)
+
+stress:
+	@$(S)/stress.sh $(STRESS)
+
+check-base:
+	@$(S)/check-base.sh
 
 bisect-check: deps
 	@$(S)/bisect-check.sh

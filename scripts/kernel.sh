@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: GPL-2.0
-# Prepare, patch, configure and build the project's kernel.
+# Prepare, patch, configure and build the project's kernel of flavour
+# $FLAVOR (default, debug or base; see lib.sh).
 #
-#   kernel.sh tree     extract the pinned source into $KDIR (a git tree whose
-#                      base commit is the pristine source) and apply patches/
-#   kernel.sh config   tree + tinyconfig + configs/*.config, verified
+#   kernel.sh tree     extract the pinned source into $MAIN_KDIR (a git tree
+#                      whose base commit is the pristine source), apply
+#                      patches/; for debug and base, check out their worktree
+#   kernel.sh config   tree + tinyconfig + the flavour's configs/*.config,
+#                      verified
 #   kernel.sh build    config + build bzImage and modules (default)
 . "$(dirname "$0")/lib.sh"
 
-FRAGMENT=$TOP/configs/mglru-secondary.config
+mapfile -t FRAGMENTS < <(flavor_fragments)
 extract_tree() {
 	local tarball=/usr/src/$KERNEL_PKG.tar.xz
 	local have
@@ -57,7 +60,34 @@ apply_patches() {
 	log "applied $n patch(es) from patches/series on $BASE_TAG"
 }
 
+# The debug and base trees: worktrees of the main tree at its HEAD (the
+# series, with any local commits of the make kernel-tree workflow) or at the
+# pristine tag.  Moving one only rewrites the files that differ, so the next
+# build is incremental.
+flavor_tree() {
+	FLAVOR=default KDIR=$MAIN_KDIR "$TOP/scripts/kernel.sh" tree
+	local want
+	case "$FLAVOR" in
+	debug) want=$(git -C "$MAIN_KDIR" rev-parse HEAD) ;;
+	base) want=$(git -C "$MAIN_KDIR" rev-parse "$BASE_TAG^{commit}") ;;
+	esac
+	if [ ! -e "$KDIR/.git" ]; then
+		git -C "$MAIN_KDIR" worktree prune
+		step "checking out the $FLAVOR tree into $KDIR" \
+			git -C "$MAIN_KDIR" worktree add -q -f --detach "$KDIR" "$want"
+	elif [ "$(git -C "$KDIR" rev-parse HEAD)" != "$want" ]; then
+		step "moving the $FLAVOR tree to $(git -C "$MAIN_KDIR" log -1 --format='%h %s' "$want")" \
+			git -C "$KDIR" checkout -q --detach "$want"
+	else
+		log "$FLAVOR tree up to date ($(git -C "$KDIR" log -1 --format='%h %s'))"
+	fi
+}
+
 cmd_tree() {
+	if [ "$FLAVOR" != default ]; then
+		flavor_tree
+		return
+	fi
 	if [ ! -d "$KDIR/.git" ]; then
 		step "extracting $KERNEL_PKG $KERNEL_PKG_VERSION into $KDIR" extract_tree
 	fi
@@ -88,56 +118,69 @@ Run 'make export-patches' to keep the tree's commits, or FORCE=1 to discard them
 	step "applying patches/ with git am" apply_patches
 }
 
+# Every line of the flavour's fragments (a later fragment overrides an
+# earlier one) must be what ended up in .config.
 verify_config() {
-	local line opt val bad=0
+	local line opt bad=0
+	local -A want=()
 	while read -r line; do
 		case "$line" in
+		CONFIG_*=*) want[${line%%=*}]=$line ;;
+		"# CONFIG_"*" is not set")
+			opt=${line#\# }
+			want[${opt%% *}]=$line
+			;;
+		esac
+	done < <(cat "${FRAGMENTS[@]}")
+	for opt in "${!want[@]}"; do
+		line=${want[$opt]}
+		case "$line" in
 		CONFIG_*=*)
-			opt=${line%%=*}
 			grep -qxF "$line" "$KDIR/.config" || {
 				echo "  $opt: wanted '${line#*=}', got '$(grep "^$opt=" "$KDIR/.config" | cut -d= -f2- || true)'" >&2
 				bad=1
 			}
 			;;
-		"# CONFIG_"*" is not set")
-			opt=${line#\# }
-			opt=${opt%% *}
+		*)
 			if grep -q "^$opt=" "$KDIR/.config"; then
 				echo "  $opt: wanted unset, got $(grep "^$opt=" "$KDIR/.config")" >&2
 				bad=1
 			fi
 			;;
 		esac
-	done <"$FRAGMENT"
-	[ "$bad" -eq 0 ] || die "kernel config does not match $FRAGMENT (see above)"
+	done
+	[ "$bad" -eq 0 ] || die "kernel config does not match ${FRAGMENTS[*]##*/} (see above)"
 }
+
+config_stamp() { echo "$(git -C "$KDIR" rev-parse --git-dir)/mglru-config"; }
 
 gen_config() {
 	kmake -s rustavailable >/dev/null 2>&1 || {
 		kmake rustavailable || true
 		die "Rust toolchain not usable for the kernel (see above); run 'make deps'"
 	}
-	configure_fragment "$KDIR" "$FRAGMENT"
+	configure_fragment "$KDIR" "${FRAGMENTS[@]}"
 	kmake -s olddefconfig >/dev/null
 	verify_config
-	hash_files "$FRAGMENT" >"$KDIR/.git/mglru-config"
+	hash_files "${FRAGMENTS[@]}" >"$(config_stamp)"
 }
 
 cmd_config() {
 	cmd_tree
-	if [ -f "$KDIR/.config" ] && [ "$(cat "$KDIR/.git/mglru-config" 2>/dev/null)" = "$(hash_files "$FRAGMENT")" ]; then
+	if [ -f "$KDIR/.config" ] && [ "$(cat "$(config_stamp)" 2>/dev/null)" = "$(hash_files "${FRAGMENTS[@]}")" ]; then
 		kmake -s olddefconfig >/dev/null
 		verify_config
-		log "kernel config up to date"
+		log "kernel config ($FLAVOR) up to date"
 	else
-		step "configuring (tinyconfig + $(basename "$FRAGMENT"))" gen_config
+		step "configuring $FLAVOR (tinyconfig + ${FRAGMENTS[*]##*/})" gen_config
 	fi
 }
 
 cmd_build() {
 	cmd_config
-	step "building kernel (log: $MGLRU_CACHE/logs/kernel-build.log)" \
-		run_logged "$MGLRU_CACHE/logs/kernel-build.log" kmake bzImage modules
+	local logf=$MGLRU_CACHE/logs/kernel-build.log
+	[ "$FLAVOR" = default ] || logf=$MGLRU_CACHE/logs/kernel-build-$FLAVOR.log
+	step "building the $FLAVOR kernel (log: $logf)" run_logged "$logf" kmake bzImage modules
 	log "kernel $(kmake -s kernelrelease 2>/dev/null | tail -n 1): $KDIR/arch/x86/boot/bzImage"
 }
 

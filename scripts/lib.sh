@@ -29,7 +29,28 @@ rust_lib_src() {
 # Everything built lives outside the git clone, keyed by version, so fresh
 # clones (CI) reuse it.
 MGLRU_CACHE=${MGLRU_CACHE:-/var/cache/mglru-secondary}
-KDIR=${KDIR:-$MGLRU_CACHE/linux-${KERNEL_PKG_VERSION//\~/_}}
+
+# Kernel flavours (FLAVOR=, default "default"), each built in its own tree
+# so that switching never rebuilds another (they share ccache):
+#   default  the series, configs/mglru-secondary.config: the kernel of make
+#            run / check / bench
+#   debug    the series, plus configs/debug.config (KASAN, DEBUG_VM,
+#            lockdep, PROVE_RCU, KFENCE, kmemleak, ...): make stress
+#   base     pristine 6.12.117 (no patches), default config: make check-base
+# The default tree is a git repository (tag base-6.12.117, branch mglru);
+# the others are git worktrees of it, checked out at its HEAD (debug) or at
+# the tag (base).
+FLAVOR=${FLAVOR:-default}
+case "$FLAVOR" in
+default | debug | base) ;;
+*) printf 'ERROR: FLAVOR=%s: want default, debug or base\n' "$FLAVOR" >&2; exit 2 ;;
+esac
+MAIN_KDIR=$MGLRU_CACHE/linux-${KERNEL_PKG_VERSION//\~/_}
+if [ "$FLAVOR" = default ]; then
+	KDIR=${KDIR:-$MAIN_KDIR}
+else
+	KDIR=${KDIR:-$MAIN_KDIR-$FLAVOR}
+fi
 TOOLS_DIR=$MGLRU_CACHE/tools
 BINDGEN=$TOOLS_DIR/bindgen-$BINDGEN_VERSION/bin/bindgen
 BUILD_DIR=${BUILD_DIR:-$MGLRU_CACHE/build}
@@ -123,16 +144,35 @@ hash_files() {
 	done | sha256sum | cut -d' ' -f1
 }
 
-# configure_fragment DIR FRAGMENT: tinyconfig plus FRAGMENT in the kernel tree
-# at DIR (the caller runs olddefconfig after any further changes).
+# configure_fragment DIR FRAGMENT...: tinyconfig plus the FRAGMENTs in the
+# kernel tree at DIR (the caller runs olddefconfig after any further changes).
 configure_fragment() {
-	KDIR=$1 kmake -s tinyconfig >/dev/null
-	(cd "$1" && KCONFIG_CONFIG=.config scripts/kconfig/merge_config.sh -m -Q .config "$2" >/dev/null)
+	local dir=$1
+	shift
+	KDIR=$dir kmake -s tinyconfig >/dev/null
+	(cd "$dir" && KCONFIG_CONFIG=.config scripts/kconfig/merge_config.sh -m -Q .config "$@" >/dev/null)
+}
+
+# The config fragments of $FLAVOR, in merge order.
+flavor_fragments() {
+	echo "$TOP/configs/mglru-secondary.config"
+	[ "$FLAVOR" = default ] || echo "$TOP/configs/$FLAVOR.config"
+}
+
+# Where the out-of-tree modules of $FLAVOR are built (kbuild's M= puts the
+# .ko next to the sources, so other flavours build in a copy); empty for
+# base, which lacks the bindings they need.
+flavor_module_src() {
+	case "$FLAVOR" in
+	default) echo "$TOP" ;;
+	debug) echo "$BUILD_DIR/modules-$FLAVOR" ;;
+	base) ;;
+	esac
 }
 
 # The patch series and the state of the kernel tree it was applied to.
 BASE_TAG=base-$KERNEL_VERSION
-STATE=$KDIR/.git/mglru-applied
+STATE=$MAIN_KDIR/.git/mglru-applied
 
 series_patches() {
 	[ -f "$TOP/patches/series" ] || return 0

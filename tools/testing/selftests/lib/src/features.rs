@@ -103,6 +103,45 @@ pub fn cpu_has_flag(flag: &str) -> Result<bool> {
         .unwrap_or(false))
 }
 
+/// The `CONFIG_LOCALVERSION` of the series' kernels (default and debug
+/// flavours: `-mglru-secondary`, `-mglru-secondary-debug`).
+pub const SERIES_LOCALVERSION: &str = "-mglru-secondary";
+
+/// Whether the kernel release `rel` is one of the series' builds.
+pub fn is_series_release(rel: &str) -> bool {
+    rel.contains(SERIES_LOCALVERSION)
+}
+
+/// Whether the running kernel is one of the series' builds.
+pub fn is_series_kernel() -> bool {
+    kernel_release().is_ok_and(|r| is_series_release(&r))
+}
+
+/// Whether MGLRU capability 0x8 exists: unpatched kernels ignore unknown
+/// bits of a write, so set it and read it back (the mask is restored).
+pub fn has_secondary_mmu_walk() -> Result<bool> {
+    let before = lru_gen_caps()?;
+    write_lru_gen_enabled(&format!("0x{:x}", before | caps::SECONDARY_MMU_WALK))?;
+    let after = lru_gen_caps()?;
+    write_lru_gen_enabled(&format!("0x{before:x}"))?;
+    Ok(after & caps::SECONDARY_MMU_WALK != 0)
+}
+
+/// For a case that needs what the series adds (`what`): `Ok(None)` if the
+/// kernel has it, `Ok(Some(reason))` to skip on a kernel that is not the
+/// series' (e.g. `make check-base`), and an error if a series kernel lacks
+/// it (never skipped there).
+pub fn series_feature(has: bool, what: &str) -> Result<Option<String>> {
+    if has {
+        return Ok(None);
+    }
+    let rel = kernel_release()?;
+    if is_series_release(&rel) {
+        bail!("{rel} is the series' kernel but lacks {what}");
+    }
+    Ok(Some(format!("{rel} is not the series' kernel: no {what}")))
+}
+
 /// Whether a path exists (feature files in sysfs/debugfs).
 pub fn exists(path: &str) -> bool {
     Path::new(path).exists()
@@ -121,6 +160,14 @@ mod tests {
         assert!(parse_caps("0x").is_err());
         assert!(parse_caps("0xzz").is_err());
         assert!(parse_caps("0x123456789").is_err());
+    }
+
+    #[test]
+    fn series_releases() {
+        assert!(is_series_release("6.12.117-mglru-secondary"));
+        assert!(is_series_release("6.12.117-mglru-secondary-debug"));
+        assert!(!is_series_release("6.12.117-base"));
+        assert!(!is_series_release("6.1.0-28-amd64"));
     }
 
     #[test]

@@ -54,6 +54,25 @@ const TIMED_WRITE_LOOP: [u8; 23] = [
     0xfe, 0x49, 0x75, 0xec, 0xe6, 0x10, 0xf4,
 ];
 const TIMED_OFF: u64 = 0x40;
+// loop: mov [esi], edx | add esi, edi | inc edx | dec ecx | jnz loop |
+//       out 0x10, al | hlt
+// Writes a pattern: page i of the range gets edx + i.
+const PATTERN_WRITE_LOOP: [u8; 11] = [
+    0x89, 0x16, 0x01, 0xfe, 0x42, 0x49, 0x75, 0xf8, 0xe6, 0x10, 0xf4,
+];
+const PATTERN_WRITE_OFF: u64 = 0x60;
+// loop: mov eax, [esi] | cmp eax, edx | jne bad | add esi, edi | inc edx |
+//       dec ecx | jnz loop | out 0x10, al | hlt
+// bad:  out 0x11, al | hlt
+// Checks the pattern; on the first mismatch it leaves through BAD_PORT with
+// esi at the page, eax what it read and edx what it expected.
+const PATTERN_VERIFY_LOOP: [u8; 18] = [
+    0x8b, 0x06, 0x39, 0xd0, 0x75, 0x09, 0x01, 0xfe, 0x42, 0x49, 0x75, 0xf4, 0xe6, 0x10, 0xf4, 0xe6,
+    0x11, 0xf4,
+];
+const PATTERN_VERIFY_OFF: u64 = 0x80;
+/// I/O port of a pattern mismatch ([`TouchVm::verify_pattern_with`]).
+pub const BAD_PORT: u16 = 0x11;
 /// Guest physical address of the latency log memslot (one u32 per data
 /// page), above the code.
 const LOG_GPA: u64 = CODE_GPA + (16 << 20);
@@ -137,6 +156,20 @@ pub enum Access {
     Read,
     /// Store this value into the first dword of each page.
     Write(u32),
+    /// Store `seed + i` into the first dword of page `i` of the range
+    /// (checked by [`TouchVm::verify_pattern_with`]).
+    Pattern(u32),
+}
+
+/// A page whose first dword was not what [`Access::Pattern`] wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mismatch {
+    /// Data page index.
+    pub page: usize,
+    /// What the guest read.
+    pub found: u32,
+    /// What it expected.
+    pub expected: u32,
 }
 
 /// An anonymous host mapping, unmapped when dropped.
@@ -319,6 +352,8 @@ pub struct TouchVm {
     _code: HostMem,
     /// Per-page latency log of [`TouchVm::timed_write_with`].
     log: HostMem,
+    /// Guest physical address of data page 0 ([`TouchVm::move_data_slot`]).
+    data_gpa: u64,
     _kvm: Kvm,
 }
 
@@ -390,6 +425,16 @@ impl TouchVm {
                 TIMED_WRITE_LOOP.as_ptr(),
                 code.as_ptr().add(TIMED_OFF as usize),
                 TIMED_WRITE_LOOP.len(),
+            );
+            std::ptr::copy_nonoverlapping(
+                PATTERN_WRITE_LOOP.as_ptr(),
+                code.as_ptr().add(PATTERN_WRITE_OFF as usize),
+                PATTERN_WRITE_LOOP.len(),
+            );
+            std::ptr::copy_nonoverlapping(
+                PATTERN_VERIFY_LOOP.as_ptr(),
+                code.as_ptr().add(PATTERN_VERIFY_OFF as usize),
+                PATTERN_VERIFY_LOOP.len(),
             );
         }
         let cpuid = if svm {
@@ -469,6 +514,7 @@ impl TouchVm {
             mem,
             _code: code,
             log,
+            data_gpa: 0,
             _kvm: kvm,
         })
     }
@@ -480,7 +526,7 @@ impl TouchVm {
         let region = kvm_userspace_memory_region {
             slot: DATA_SLOT,
             flags: 0,
-            guest_phys_addr: 0,
+            guest_phys_addr: self.data_gpa,
             memory_size: if present { self.mem.len() as u64 } else { 0 },
             userspace_addr: self.mem.as_ptr() as u64,
         };
@@ -489,6 +535,79 @@ impl TouchVm {
         unsafe { self.vm.set_user_memory_region(region) }.with_context(|| {
             format!("KVM_SET_USER_MEMORY_REGION slot {DATA_SLOT} present={present}")
         })
+    }
+
+    /// Moves the data memslot to guest physical address `gpa`
+    /// (`KVM_SET_USER_MEMORY_REGION` with a new address: KVM's `KVM_MR_MOVE`,
+    /// which zaps the old mappings); the guest then finds data page `i` at
+    /// `gpa + i * PAGE_SIZE`, backed by the same host pages. No vCPU may run
+    /// meanwhile. Only for the single data memslot of [`TouchVm::new`].
+    pub fn move_data_slot(&mut self, gpa: u64) -> Result<()> {
+        if !gpa.is_multiple_of(PAGE_SIZE as u64)
+            || gpa
+                .checked_add(self.mem.len() as u64)
+                .is_none_or(|e| e > CODE_GPA)
+        {
+            bail!("data memslot at {gpa:#x} is unaligned or overlaps the code at {CODE_GPA:#x}");
+        }
+        let region = kvm_userspace_memory_region {
+            slot: DATA_SLOT,
+            flags: 0,
+            guest_phys_addr: gpa,
+            memory_size: self.mem.len() as u64,
+            userspace_addr: self.mem.as_ptr() as u64,
+        };
+        // SAFETY: the region is `self.mem`, which outlives the VM (see `new`).
+        unsafe { self.vm.set_user_memory_region(region) }
+            .with_context(|| format!("moving memslot {DATA_SLOT} to {gpa:#x}"))?;
+        self.data_gpa = gpa;
+        Ok(())
+    }
+
+    /// Guest physical address of data page 0.
+    pub fn data_gpa(&self) -> u64 {
+        self.data_gpa
+    }
+
+    /// Has the first `n` vCPUs check, each for its share of pages
+    /// `first..first+count`, that page `i` holds `seed + i` (what
+    /// [`Access::Pattern`]`(seed)` wrote over the same range); returns the
+    /// first mismatch any of them found.
+    pub fn verify_pattern_with(
+        &mut self,
+        n: usize,
+        first: usize,
+        count: usize,
+        seed: u32,
+    ) -> Result<Option<Mismatch>> {
+        if n == 0 || n > self.vcpus.len() || count == 0 || first + count > self.mem.pages() {
+            bail!("bad pattern check: {n} vCPUs, pages {first}+{count}");
+        }
+        let base = self.data_gpa;
+        let found = std::sync::Mutex::new(None);
+        self.split_over_vcpus(n, first, count, |vcpu, lo, hi| {
+            let regs = kvm_regs {
+                rip: CODE_GPA + PATTERN_VERIFY_OFF,
+                rflags: 0x2,
+                rsi: base + (lo * PAGE_SIZE) as u64,
+                rdi: PAGE_SIZE as u64,
+                rcx: (hi - lo) as u64,
+                rdx: u64::from(seed.wrapping_add((lo - first) as u32)),
+                ..Default::default()
+            };
+            vcpu.set_regs(&regs).context("KVM_SET_REGS")?;
+            if run_until(vcpu, &[BAD_PORT])? == BAD_PORT {
+                let r = vcpu.get_regs().context("KVM_GET_REGS")?;
+                let m = Mismatch {
+                    page: ((r.rsi - base) / PAGE_SIZE as u64) as usize,
+                    found: r.rax as u32,
+                    expected: r.rdx as u32,
+                };
+                found.lock().unwrap().get_or_insert(m);
+            }
+            Ok(())
+        })?;
+        Ok(found.into_inner().unwrap())
     }
 
     /// Replaces the data memslot by one memslot per `(first, count)` piece
@@ -639,9 +758,9 @@ impl TouchVm {
         stride: usize,
         access: Access,
     ) -> Result<()> {
-        let pages = self.mem.pages();
+        let (pages, base) = (self.mem.pages(), self.data_gpa);
         let vcpu = self.vcpus.get_mut(idx).context("no such vCPU")?;
-        run_touch(vcpu, pages, first, count, stride, access)
+        run_touch(vcpu, base, pages, first, count, stride, access)
     }
 
     /// The guest's TSC frequency in kHz (`KVM_GET_TSC_KHZ`), to convert the
@@ -658,11 +777,12 @@ impl TouchVm {
         if n == 0 || n > self.vcpus.len() || count == 0 || first + count > self.mem.pages() {
             bail!("bad timed write: {n} vCPUs, pages {first}+{count}");
         }
+        let base = self.data_gpa;
         self.split_over_vcpus(n, first, count, |vcpu, lo, hi| {
             let regs = kvm_regs {
                 rip: CODE_GPA + TIMED_OFF,
                 rflags: 0x2,
-                rsi: (lo * PAGE_SIZE) as u64,
+                rsi: base + (lo * PAGE_SIZE) as u64,
                 rdi: PAGE_SIZE as u64,
                 rcx: (hi - lo) as u64,
                 rbx: LOG_GPA + 4 * lo as u64,
@@ -724,15 +844,21 @@ impl TouchVm {
         if n == 0 || n > self.vcpus.len() {
             bail!("{n} of {} vCPUs requested", self.vcpus.len());
         }
-        let pages = self.mem.pages();
+        let (pages, base) = (self.mem.pages(), self.data_gpa);
         self.split_over_vcpus(n, first, count, |vcpu, lo, hi| {
-            run_touch(vcpu, pages, lo, hi - lo, 1, access)
+            // A pattern continues across the shares.
+            let access = match access {
+                Access::Pattern(seed) => Access::Pattern(seed.wrapping_add((lo - first) as u32)),
+                a => a,
+            };
+            run_touch(vcpu, base, pages, lo, hi - lo, 1, access)
         })
     }
 }
 
 fn run_touch(
     vcpu: &mut VcpuFd,
+    base: u64,
     pages: usize,
     first: usize,
     count: usize,
@@ -749,14 +875,16 @@ fn run_touch(
     let (off, value) = match access {
         Access::Write(v) => (WRITE_OFF, v),
         Access::Read => (READ_OFF, 0),
+        Access::Pattern(seed) => (PATTERN_WRITE_OFF, seed),
     };
     let regs = kvm_regs {
         rip: CODE_GPA + off,
         rflags: 0x2,
-        rsi: (first * PAGE_SIZE) as u64,
+        rsi: base + (first * PAGE_SIZE) as u64,
         rdi: (stride * PAGE_SIZE) as u64,
         rcx: count as u64,
         rax: value as u64,
+        rdx: value as u64,
         ..Default::default()
     };
     vcpu.set_regs(&regs).context("KVM_SET_REGS")?;
@@ -765,9 +893,16 @@ fn run_touch(
 
 /// Runs the vCPU until the guest writes to [`DONE_PORT`].
 fn run_until_done(vcpu: &mut VcpuFd) -> Result<()> {
+    run_until(vcpu, &[]).map(drop)
+}
+
+/// Runs the vCPU until the guest writes to [`DONE_PORT`] or one of `also`;
+/// returns the port.
+fn run_until(vcpu: &mut VcpuFd, also: &[u16]) -> Result<u16> {
     loop {
         match vcpu.run() {
-            Ok(VcpuExit::IoOut(DONE_PORT, _)) => return Ok(()),
+            Ok(VcpuExit::IoOut(DONE_PORT, _)) => return Ok(DONE_PORT),
+            Ok(VcpuExit::IoOut(port, _)) if also.contains(&port) => return Ok(port),
             Ok(VcpuExit::IoOut(port, _)) => bail!("guest wrote to unexpected port {port:#x}"),
             Ok(VcpuExit::Intr) => continue,
             Ok(other) => {

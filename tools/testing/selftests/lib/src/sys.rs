@@ -86,6 +86,15 @@ pub fn kernel_bug_lines(log: &str) -> Vec<&str> {
         "general protection fault",
         "Kernel panic",
         "kernel BUG at",
+        // The debug flavour's checkers (KASAN and KFENCE also say "BUG:").
+        "KASAN",
+        "KFENCE",
+        "UBSAN",
+        "suspected memory leak",
+        "list_add corruption",
+        "list_del corruption",
+        "detected stalls",
+        "lock held when returning",
     ];
     log.lines()
         .filter(|l| MARKERS.iter().any(|m| l.contains(m)))
@@ -168,4 +177,34 @@ mod tests {
         assert_eq!(kernel_bug_lines(log).len(), 2);
         assert!(kernel_bug_lines("all quiet\nkvm: loaded\n").is_empty());
     }
+}
+
+/// Drains every CPU's LRU batches, so that each page faulted in so far is
+/// on an LRU list (aged and evictable) rather than waiting in a per-CPU
+/// `folio_batch`: `mlock(2)` calls `lru_add_drain_all()` before it locks
+/// anything. Locks and unlocks one page of its own.
+pub fn drain_lru_batches() -> Result<()> {
+    // SAFETY: a fresh anonymous page, locked, unlocked and unmapped here;
+    // no Rust reference points into it.
+    unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        if p == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error()).context("mmap");
+        }
+        let r = libc::mlock(p, 4096);
+        let err = std::io::Error::last_os_error();
+        libc::munlock(p, 4096);
+        libc::munmap(p, 4096);
+        if r != 0 {
+            return Err(err).context("mlock (to drain LRU batches)");
+        }
+    }
+    Ok(())
 }

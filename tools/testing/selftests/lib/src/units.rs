@@ -36,6 +36,28 @@ pub fn parse_fraction(s: &str) -> Result<f64, String> {
     Ok(f)
 }
 
+/// Parses a duration: digits with an optional `s`, `m` or `h` suffix
+/// (seconds without one). Must be positive and at most a day.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let t = s.trim();
+    let (digits, mult) = match t.char_indices().last() {
+        Some((i, 's')) => (&t[..i], 1),
+        Some((i, 'm')) => (&t[..i], 60),
+        Some((i, 'h')) => (&t[..i], 3600),
+        _ => (t, 1),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("{s:?} is not a duration (e.g. 90, 90s, 20m, 1h)"));
+    }
+    let secs = digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .filter(|&n| n > 0 && n <= 86_400)
+        .ok_or_else(|| format!("{s:?} is not between 1s and 24h"))?;
+    Ok(std::time::Duration::from_secs(secs))
+}
+
 /// The stride that touches about `fraction` of the pages: every
 /// `round(1 / fraction)`-th page.
 pub fn stride_for(fraction: f64) -> usize {
@@ -45,6 +67,28 @@ pub fn stride_for(fraction: f64) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations() {
+        use std::time::Duration;
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration(" 20m "), Ok(Duration::from_secs(1200)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        for bad in [
+            "",
+            "0",
+            "0s",
+            "m",
+            "-5",
+            "1.5m",
+            "5x",
+            "25h",
+            "99999999999999999999",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
+        }
+    }
 
     #[test]
     fn sizes() {

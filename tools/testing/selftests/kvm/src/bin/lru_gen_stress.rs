@@ -1,0 +1,1222 @@
+// SPDX-License-Identifier: GPL-2.0
+//! lru_gen_stress: aging under chaos, with invariants checked while it runs.
+//!
+//! For `--duration`, concurrently:
+//! - forced aging passes in a loop over the test's memcgs;
+//! - `0x8` of `/sys/kernel/mm/lru_gen/enabled` toggled at random;
+//! - a KVM guest (its own process, in a memcg whose `memory.high` makes it
+//!   swap to `/dev/ram0`) writing a pattern, verifying it after swap-in,
+//!   while the host `MADV_DONTNEED`s another part of its memory and the VMM
+//!   deletes, re-adds and moves the memslot;
+//! - VM create/destroy cycles and processes that exit, or are killed, with
+//!   live VMs;
+//! - `lru_mirror` users mirroring, accessing, discarding and exiting (with
+//!   or without unmirroring, or killed), the module unloaded and reloaded
+//!   between batches of users, and its failure knobs switched at random;
+//! - proactive reclaim (`memory.reclaim`) on top of the `memory.high` limits.
+//!
+//! At quiet checkpoints (the chaos threads of this process pause; the child
+//! processes keep running in their own memcgs) it checks, page by page,
+//! that what was touched only through a secondary MMU since the last pass
+//! is promoted by the next one: after the pass it evicts every older
+//! generation and reads `/proc/self/pagemap`, so a page the pass missed is
+//! swapped out. The checkpoints cycle through 0x8 on, 0x8 off, the mirror's
+//! fast-only op failing every page (fallback to `clear_young()`), and
+//! failing part of each batch, and check the walk's and the mirror's
+//! counters against what was touched. At the end: no kernel report
+//! (KASAN, lockdep, RCU, WARN, BUG, kmemleak), the module unloads (no
+//! subscription or reference left), no VM left in KVM's debugfs.
+//!
+//! The child processes are this binary again (`--role`); they report
+//! `COUNT name n` and `VIOLATION kind: text` lines on stdout and stop when
+//! their stdin closes.
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use mglru_selftest::aging::{self, NID};
+use mglru_selftest::features::{self, caps};
+use mglru_selftest::ktap::Ktap;
+use mglru_selftest::kvm::{Access, Backing, HostMem, TouchVm, PAGE_SIZE};
+use mglru_selftest::lru_mirror::{self, Mirror};
+use mglru_selftest::memcg::Memcg;
+use mglru_selftest::pagemap::{self, PageState};
+use mglru_selftest::units::{parse_duration, parse_size};
+use mglru_selftest::{lru_gen, module, sys};
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+const SWAP_DEV: &str = "/dev/ram0";
+const CG_GUEST: &str = "stress-guest";
+const CG_MIRROR: &str = "stress-mirror";
+const CG_CHURN: &str = "stress-churn";
+const CG_CKPT: &str = "stress-ckpt";
+/// Checkpoint VM and mirror sizes.
+const CKPT_VM: usize = 8 << 20;
+const CKPT_MIRROR: usize = 4 << 20;
+/// Memory of each mirror user and each churn VM.
+const USER_MEM: usize = 4 << 20;
+const CHURN_VM: usize = 4 << 20;
+/// Where the guest child moves its data memslot to and back.
+const MOVED_GPA: u64 = 0x4000_0000;
+/// Least fraction of untouched checkpoint pages the eviction must swap out
+/// for the page-exact check to mean something.
+const MIN_EVICTED: f64 = 0.5;
+
+#[derive(Parser, Debug)]
+#[command(about = "MGLRU aging under chaos (KVM, lru_mirror, swap, 0x8 toggling) with invariants")]
+struct Opts {
+    /// How long the chaos runs (e.g. 90s, 20m).
+    #[arg(short = 'd', long, default_value = "90s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Time between quiet checkpoints.
+    #[arg(short = 'c', long = "checkpoint-every", default_value = "15s",
+          value_parser = parse_duration)]
+    checkpoint_every: Duration,
+    /// Guest memory of the swapping KVM guest (its memcg gets 3/4 of it).
+    #[arg(short = 'g', long = "guest-mem", default_value = "32M", value_parser = parse_size)]
+    guest_mem: usize,
+    /// Seed of the random choices (default: from the clock; printed).
+    #[arg(short = 's', long)]
+    seed: Option<u64>,
+    /// Fail unless at least this many aging passes ran.
+    #[arg(long = "min-passes", default_value_t = 0)]
+    min_passes: u64,
+    /// Internal: run as a child process of this role.
+    #[arg(long, hide = true, value_parser = ["guest", "churn", "vm-exit", "vm-kill", "mirror-user"])]
+    role: Option<String>,
+}
+
+/// xorshift64*: reproducible from the printed seed, no dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Self {
+        Self(seed.max(1))
+    }
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    /// Uniform in `lo..=hi`.
+    fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next() % (hi - lo + 1)
+    }
+    fn chance(&mut self, percent: u64) -> bool {
+        self.next() % 100 < percent
+    }
+    fn ms(&mut self, lo: u64, hi: u64) -> Duration {
+        Duration::from_millis(self.range(lo, hi))
+    }
+}
+
+/// What the run counted and the invariant violations it found.
+#[derive(Default)]
+struct Tally {
+    counts: BTreeMap<String, u64>,
+    violations: Vec<(String, String)>,
+}
+
+/// State shared by the orchestrator's threads.
+struct Shared {
+    stop: AtomicBool,
+    /// Chaos threads hold it for reading around each operation; a
+    /// checkpoint holds it for writing.
+    gate: RwLock<()>,
+    /// Serializes loading/unloading `lru_mirror` and the knob.
+    module: Mutex<()>,
+    tally: Mutex<Tally>,
+}
+
+impl Shared {
+    fn count(&self, what: &str, n: u64) {
+        *self
+            .tally
+            .lock()
+            .unwrap()
+            .counts
+            .entry(what.to_owned())
+            .or_default() += n;
+    }
+    fn violation(&self, kind: &str, msg: String) {
+        let mut t = self.tally.lock().unwrap();
+        if t.violations.len() < 1000 {
+            println!("# VIOLATION {kind}: {msg}");
+        }
+        t.violations.push((kind.to_owned(), msg));
+    }
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+    /// Sleeps `d`, or less if the run is stopping.
+    fn sleep(&self, d: Duration) {
+        let end = Instant::now() + d;
+        while !self.stopping() && Instant::now() < end {
+            std::thread::sleep((end - Instant::now()).min(Duration::from_millis(50)));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Child processes.
+
+/// A child's side of the protocol: counts and violations on stdout, stop
+/// when stdin closes.
+struct ChildCtx {
+    counts: BTreeMap<&'static str, u64>,
+    stop: Arc<AtomicBool>,
+    rng: Rng,
+}
+
+impl ChildCtx {
+    fn new(seed: u64) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            let mut stdin = std::io::stdin();
+            while matches!(stdin.read(&mut buf), Ok(n) if n > 0) {}
+            s.store(true, Ordering::Relaxed);
+        });
+        Self {
+            counts: BTreeMap::new(),
+            stop,
+            rng: Rng::new(seed ^ u64::from(std::process::id()) << 32),
+        }
+    }
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+    fn count(&mut self, what: &'static str, n: u64) {
+        *self.counts.entry(what).or_default() += n;
+    }
+    fn report(&self) {
+        for (k, v) in &self.counts {
+            println!("COUNT {k} {v}");
+        }
+    }
+}
+
+/// The swapping guest: pattern region (first half of its memory: written,
+/// swapped out under `memory.high`, verified by the guest after swap-in) and
+/// discard region (second half: written by the guest, dropped by the host).
+fn role_guest(seed: u64, mem: usize) -> Result<()> {
+    let mut cx = ChildCtx::new(seed);
+    let mut vm = TouchVm::new(mem, 2, Backing::Anon4k)?;
+    let pages = vm.mem.pages();
+    let (pat, disc) = (pages / 2, pages - pages / 2);
+    let mut round: u32 = 0;
+    while !cx.stopping() {
+        round += 1;
+        let pseed = round.wrapping_mul(0x0101_0000) | 1;
+        vm.touch_with(2, 0, pat, Access::Pattern(pseed))?;
+        cx.count("guest pattern writes", 1);
+        // Let reclaim push pattern pages out while the rest churns.
+        for _ in 0..3 {
+            vm.touch_with(2, pat, disc, Access::Write(round))?;
+            let len = cx.rng.range(1, disc as u64 / 4) as usize;
+            let first = pat + cx.rng.range(0, (disc - len) as u64) as usize;
+            vm.mem.discard(first, len)?;
+            cx.count("guest host MADV_DONTNEED", 1);
+            vm.touch_with(1, pat, disc, Access::Read)?;
+        }
+        match cx.rng.range(0, 3) {
+            0 => {
+                vm.set_data_slot(false)?;
+                vm.set_data_slot(true)?;
+                cx.count("guest memslot delete+re-add", 1);
+            }
+            1 => {
+                let to = if vm.data_gpa() == 0 { MOVED_GPA } else { 0 };
+                vm.move_data_slot(to)?;
+                cx.count("guest memslot moves", 1);
+            }
+            _ => {}
+        }
+        // The pages the guest reads back from swap now.
+        let out = pagemap::states(vm.mem.as_ptr() as usize, pat)?
+            .iter()
+            .filter(|&&st| st == PageState::Swapped)
+            .count();
+        cx.count("guest pattern pages read back from swap", out as u64);
+        if let Some(m) = vm.verify_pattern_with(2, 0, pat, pseed)? {
+            println!(
+                "VIOLATION integrity: round {round}: guest page {} read {:#x}, expected {:#x} \
+                 (memslot at {:#x})",
+                m.page,
+                m.found,
+                m.expected,
+                vm.data_gpa()
+            );
+            cx.report();
+            std::process::exit(1);
+        }
+        cx.count("guest pattern verifications", 1);
+        cx.count("guest pages verified", pat as u64);
+    }
+    cx.report();
+    Ok(())
+}
+
+/// VM create/destroy cycles with memslot churn, and processes exiting or
+/// killed with live VMs.
+fn role_churn(seed: u64) -> Result<()> {
+    let mut cx = ChildCtx::new(seed);
+    let me = std::env::current_exe()?;
+    while !cx.stopping() {
+        let mut vm = TouchVm::new(CHURN_VM, 1, Backing::Anon4k)?;
+        cx.count("VMs created and destroyed", 1);
+        let pages = vm.mem.pages();
+        let s = cx.rng.next() as u32 | 1;
+        vm.touch_with(1, 0, pages, Access::Pattern(s))?;
+        vm.set_data_slot(false)?;
+        vm.set_data_slot(true)?;
+        vm.move_data_slot(MOVED_GPA)?;
+        if let Some(m) = vm.verify_pattern_with(1, 0, pages, s)? {
+            println!(
+                "VIOLATION integrity: churn VM page {} read {:#x}, expected {:#x}",
+                m.page, m.found, m.expected
+            );
+        }
+        cx.count("churn memslot cycles", 1);
+        drop(vm);
+        if cx.rng.chance(30) {
+            let kill = cx.rng.chance(50);
+            let mut c = Command::new(&me)
+                .args(["--role", if kill { "vm-kill" } else { "vm-exit" }])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .spawn()?;
+            if kill {
+                std::thread::sleep(cx.rng.ms(5, 150));
+                let _ = c.kill();
+            }
+            let st = c.wait()?;
+            if kill {
+                cx.count("processes killed with a live VM", 1);
+            } else if st.success() {
+                cx.count("processes exited with a live VM", 1);
+            } else {
+                println!("VIOLATION child: vm-exit child failed: {st}");
+            }
+        }
+    }
+    cx.report();
+    Ok(())
+}
+
+/// Creates a VM, touches its memory, and exits (or keeps touching until
+/// killed) without closing anything.
+fn role_vm_exit(until_killed: bool) -> Result<()> {
+    let mut vm = TouchVm::new(CHURN_VM, 1, Backing::Anon4k)?;
+    let pages = vm.mem.pages();
+    loop {
+        vm.touch_with(1, 0, pages, Access::Write(0x5eed))?;
+        if !until_killed {
+            std::process::exit(0);
+        }
+    }
+}
+
+/// One `lru_mirror` user: mirror, access through the device, discard and
+/// touch on the host, then leave one of three ways.
+fn role_mirror_user(seed: u64) -> Result<()> {
+    let mut cx = ChildCtx::new(seed);
+    let mem = HostMem::new(USER_MEM, Backing::Anon4k)?;
+    let pages = mem.pages();
+    mem.fill(0x6d69_7272);
+    let dev = Mirror::open()?;
+    let flags = if cx.rng.chance(20) {
+        lru_mirror::MIRROR_NO_FAST_OP
+    } else {
+        0
+    };
+    dev.mirror(mem.as_ptr() as usize, mem.len(), flags)
+        .context("MIRROR")?;
+    cx.count("mirror users", 1);
+    let end = Instant::now() + cx.rng.ms(300, 2000);
+    let mut last = dev.stats()?;
+    while Instant::now() < end && !cx.stopping() {
+        let len = cx.rng.range(1, pages as u64 / 2) as usize;
+        let first = cx.rng.range(0, (pages - len) as u64) as usize;
+        let addr = mem.as_ptr() as usize + first * PAGE_SIZE;
+        match cx.rng.range(0, 3) {
+            0 | 1 => match dev.access(addr, len * PAGE_SIZE) {
+                Ok(_) => cx.count("mirror device accesses", 1),
+                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
+                    cx.count("mirror device accesses busy", 1)
+                }
+                Err(e) => println!("VIOLATION mirror: ACCESS of {len} pages failed: {e}"),
+            },
+            2 => {
+                mem.discard(first, len)?;
+                cx.count("mirror host MADV_DONTNEED", 1);
+            }
+            _ => {
+                for i in first..first + len {
+                    mem.write_at(i * PAGE_SIZE, &[1])?;
+                }
+                cx.count("mirror host touches", 1);
+            }
+        }
+        let s = dev.stats()?;
+        if let Err(e) = mirror_stats_consistent(&last, &s) {
+            println!("VIOLATION counters: {e:#}");
+        }
+        last = s;
+        std::thread::sleep(Duration::from_millis(cx.rng.range(0, 20)));
+    }
+    match cx.rng.range(0, 2) {
+        0 => {
+            dev.unmirror().context("UNMIRROR")?;
+            cx.count("mirror users: unmirror and close", 1);
+        }
+        1 => cx.count("mirror users: close with a live mirror", 1),
+        _ => {
+            cx.count("mirror users: exit with a live mirror", 1);
+            cx.report();
+            std::process::exit(0);
+        }
+    }
+    drop(dev);
+    cx.report();
+    Ok(())
+}
+
+/// The module's counters only grow (per load) and answers never exceed
+/// questions.
+fn mirror_stats_consistent(a: &lru_mirror::Stats, b: &lru_mirror::Stats) -> Result<()> {
+    let grew = [
+        ("fast_calls", a.fast_calls, b.fast_calls),
+        ("fast_pages", a.fast_pages, b.fast_pages),
+        ("fast_young", a.fast_young, b.fast_young),
+        ("fast_failed", a.fast_failed, b.fast_failed),
+        ("slow_calls", a.slow_calls, b.slow_calls),
+        ("slow_young", a.slow_young, b.slow_young),
+        ("invalidations", a.invalidations, b.invalidations),
+        ("releases", a.releases, b.releases),
+    ];
+    for (n, x, y) in grew {
+        if y < x {
+            bail!("lru_mirror counter {n} went back from {x} to {y}");
+        }
+    }
+    if b.fast_young + b.fast_failed > b.fast_pages || b.fast_calls > b.fast_pages {
+        bail!("lru_mirror answered more than it was asked: {b:?}");
+    }
+    Ok(())
+}
+
+fn run_role(role: &str, o: &Opts) -> Result<()> {
+    let seed = o.seed.unwrap_or(1);
+    match role {
+        "guest" => role_guest(seed, o.guest_mem),
+        "churn" => role_churn(seed),
+        "vm-exit" => role_vm_exit(false),
+        "vm-kill" => role_vm_exit(true),
+        "mirror-user" => role_mirror_user(seed),
+        _ => bail!("unknown role {role}"),
+    }
+}
+
+/// Starts this binary as a child of `role`, inside memcg `cg` (moved there
+/// before exec, so that everything it allocates is charged there).
+fn spawn_child(role: &str, cg: &Memcg, seed: u64, o: &Opts) -> Result<Child> {
+    let procs = format!(
+        "{}/{}/cgroup.procs",
+        mglru_selftest::memcg::CGROUP_ROOT,
+        &cg.path()[1..]
+    );
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.args(["--role", role, "--seed", &seed.to_string()])
+        .args(["--guest-mem", &o.guest_mem.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+    let path = std::ffi::CString::new(procs)?;
+    // SAFETY: the closure only calls async-signal-safe functions (open,
+    // write, close) on data prepared before the fork, and allocates nothing.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(move || {
+            let fd = libc::open(path.as_ptr(), libc::O_WRONLY);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let r = libc::write(fd, b"0".as_ptr().cast(), 1);
+            libc::close(fd);
+            if r != 1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()
+        .with_context(|| format!("spawning the {role} child"))
+}
+
+/// Collects a finished (or stopped) child's report into the tally; `killed`:
+/// the caller sent it SIGKILL, so that is how it may end.
+fn collect(sh: &Shared, role: &str, mut child: Child, wait_for: Duration, killed: bool) {
+    drop(child.stdin.take());
+    let out = child.stdout.take();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        if let Some(mut o) = out {
+            let _ = o.read_to_string(&mut text);
+        }
+        text
+    });
+    let end = Instant::now() + wait_for;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(s)) => break Some(s),
+            Ok(None) if Instant::now() < end => std::thread::sleep(Duration::from_millis(50)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+        }
+    };
+    let text = reader.join().unwrap_or_default();
+    for line in BufReader::new(text.as_bytes())
+        .lines()
+        .map_while(Result::ok)
+    {
+        if let Some(rest) = line.strip_prefix("COUNT ") {
+            if let Some((name, n)) = rest.rsplit_once(' ') {
+                sh.count(name, n.parse().unwrap_or(0));
+            }
+        } else if let Some(rest) = line.strip_prefix("VIOLATION ") {
+            let (kind, msg) = rest.split_once(':').unwrap_or(("child", rest));
+            sh.violation(kind, format!("{role}:{msg}"));
+        }
+    }
+    match status {
+        None => sh.violation(
+            "child",
+            format!("{role} child did not stop in {wait_for:?}; killed"),
+        ),
+        Some(s) if killed && s.signal() == Some(libc::SIGKILL) => {}
+        Some(s) if !s.success() => sh.violation("child", format!("{role} child failed: {s}")),
+        _ => {}
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The orchestrator's chaos threads.
+
+fn lru_id(cg: &Memcg) -> Result<u32> {
+    cg.lru_gen_id()
+}
+
+/// Forced aging passes on one memcg, back to back.
+fn aging_loop(sh: &Shared, path: &str, id: u32) {
+    while !sh.stopping() {
+        {
+            let _g = sh.gate.read().unwrap();
+            let max = match lru_gen::read()
+                .and_then(|all| lru_gen::lruvec_in(&all, path, NID).map(|(_, n)| n.max_seq()))
+            {
+                Ok(Some(m)) => m,
+                Ok(None) | Err(_) => {
+                    sh.violation("aging", format!("{path} has no lruvec on node {NID}"));
+                    continue;
+                }
+            };
+            match lru_gen::age(id, NID, max, true, true) {
+                Ok(()) => sh.count("aging passes", 1),
+                Err(e) => sh.violation("aging", format!("aging {path} from {max}: {e:#}")),
+            }
+        }
+    }
+}
+
+fn toggle_loop(sh: &Shared, rng: &mut Rng) {
+    while !sh.stopping() {
+        sh.sleep(rng.ms(20, 300));
+        let _g = sh.gate.read().unwrap();
+        let r = features::lru_gen_caps()
+            .and_then(|c| features::set_lru_gen_caps(c ^ caps::SECONDARY_MMU_WALK));
+        match r {
+            Ok(()) => sh.count("0x8 toggles", 1),
+            Err(e) => sh.violation("toggle", format!("{e:#}")),
+        }
+    }
+}
+
+fn reclaim_loop(sh: &Shared, cgs: &[&Memcg], rng: &mut Rng) {
+    while !sh.stopping() {
+        sh.sleep(rng.ms(200, 1500));
+        let _g = sh.gate.read().unwrap();
+        let cg = cgs[rng.range(0, cgs.len() as u64 - 1) as usize];
+        match cg.reclaim(rng.range(1, 8) << 20) {
+            Ok(()) => sh.count("memory.reclaim writes", 1),
+            Err(e) => sh.violation("reclaim", format!("{}: {e:#}", cg.path())),
+        }
+    }
+}
+
+fn ensure_loaded(sh: &Shared) -> Result<()> {
+    if !module::is_loaded(lru_mirror::MODULE) {
+        module::load(&module::project_module(lru_mirror::MODULE), "")?;
+        sh.count("lru_mirror loads", 1);
+    }
+    Ok(())
+}
+
+/// Unloads `lru_mirror`, retrying while a reference is being dropped (an
+/// exiting process's file, a deferred notifier free); fails after 10 s.
+fn unload_mirror() -> Result<()> {
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        match module::unload(lru_mirror::MODULE) {
+            Ok(()) => return Ok(()),
+            Err(e)
+                if Instant::now() < end
+                    && matches!(sys::errno_of(&e), Some(libc::EAGAIN) | Some(libc::EBUSY)) =>
+            {
+                std::thread::sleep(Duration::from_millis(50))
+            }
+            Err(e) => {
+                let refs = sys::read_trimmed(format!("/sys/module/{}/refcnt", lru_mirror::MODULE))
+                    .unwrap_or_default();
+                return Err(e).with_context(|| {
+                    format!("lru_mirror still referenced (refcnt {refs}) after all users exited")
+                });
+            }
+        }
+    }
+}
+
+fn random_knob(rng: &mut Rng) -> u64 {
+    match rng.range(0, 3) {
+        0 => lru_mirror::CONFIG_FAIL_FAST,
+        1 => lru_mirror::config_fail_after(rng.range(1, 300) as u16),
+        2 => lru_mirror::CONFIG_SLOW_INVALIDATE,
+        _ => 0,
+    }
+}
+
+fn set_knob(sh: &Shared, knob: u64) {
+    match Mirror::open().and_then(|d| d.config(knob).context("CONFIG")) {
+        Ok(()) => sh.count("lru_mirror knob changes", 1),
+        Err(e) => sh.violation("mirror", format!("setting knob {knob:#x}: {e:#}")),
+    }
+}
+
+/// Batches of mirror users, the module reloaded between batches, the knob
+/// switched at random meanwhile.
+fn mirror_loop(sh: &Shared, cg: &Memcg, o: &Opts, rng: &mut Rng) {
+    while !sh.stopping() {
+        let _g = sh.gate.read().unwrap();
+        let _m = sh.module.lock().unwrap();
+        if let Err(e) = ensure_loaded(sh) {
+            sh.violation("module", format!("loading lru_mirror: {e:#}"));
+            return;
+        }
+        set_knob(sh, random_knob(rng));
+        let n = rng.range(1, 3);
+        let mut users = Vec::new();
+        for _ in 0..n {
+            match spawn_child("mirror-user", cg, rng.next(), o) {
+                Ok(c) => users.push(c),
+                Err(e) => sh.violation("child", format!("{e:#}")),
+            }
+        }
+        let end = Instant::now() + rng.ms(300, 2500);
+        while Instant::now() < end {
+            std::thread::sleep(rng.ms(50, 400));
+            set_knob(sh, random_knob(rng));
+        }
+        for mut u in users {
+            let kill = rng.chance(25);
+            if kill {
+                let _ = u.kill();
+                sh.count("mirror users killed", 1);
+            }
+            collect(sh, "mirror-user", u, Duration::from_secs(60), kill);
+        }
+        // No user left: no mirror may be left either.
+        match Mirror::open().and_then(|d| d.stats()) {
+            Ok(s) if s.mapped_pages != 0 => sh.violation(
+                "teardown",
+                format!(
+                    "{} pages still mirrored after all users exited",
+                    s.mapped_pages
+                ),
+            ),
+            Ok(_) => {}
+            Err(e) => sh.violation("mirror", format!("STATS: {e:#}")),
+        }
+        if rng.chance(70) {
+            match unload_mirror() {
+                Ok(()) => sh.count("lru_mirror unloads", 1),
+                Err(e) => {
+                    sh.violation("teardown", format!("{e:#}"));
+                    return;
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Checkpoints.
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// 0x8 on, the mirror answers fast.
+    On,
+    /// 0x8 off: 6.12's per-page `clear_young()` only.
+    Off,
+    /// 0x8 on, the mirror's fast-only op fails every page.
+    FailAll,
+    /// 0x8 on, the mirror answers the first k pages of a batch, fails the rest.
+    FailAfter(u16),
+}
+
+impl Mode {
+    fn of(n: u64, rng: &mut Rng) -> Mode {
+        match n % 4 {
+            0 => Mode::On,
+            1 => Mode::Off,
+            2 => Mode::FailAll,
+            _ => Mode::FailAfter(rng.range(1, 256) as u16),
+        }
+    }
+    fn name(self) -> &'static str {
+        match self {
+            Mode::On => "0x8 on",
+            Mode::Off => "0x8 off",
+            Mode::FailAll => "0x8 on, mirror fails every page",
+            Mode::FailAfter(_) => "0x8 on, mirror fails after k pages",
+        }
+    }
+}
+
+/// The checkpoint's own memory: a VM and a mirrored range, in the
+/// orchestrator's memcg, which nothing else touches.
+struct Ckpt {
+    vm: TouchVm,
+    mem: HostMem,
+}
+
+/// Pages `first, first+stride, ...` below `pages`.
+fn strided(first: usize, stride: usize, pages: usize) -> Vec<usize> {
+    (first..pages).step_by(stride).collect()
+}
+
+fn checkpoint(sh: &Shared, ck: &mut Ckpt, cg: &Memcg, mode: Mode, rng: &mut Rng) -> Result<()> {
+    let _m = sh.module.lock().unwrap();
+    ensure_loaded(sh)?;
+    let dev = Mirror::open()?;
+    let knob = match mode {
+        Mode::FailAll => lru_mirror::CONFIG_FAIL_FAST,
+        Mode::FailAfter(k) => lru_mirror::config_fail_after(k),
+        _ => 0,
+    };
+    dev.config(knob).context("CONFIG")?;
+    let all = caps::CORE | caps::MM_WALK | caps::NONLEAF_YOUNG | caps::SECONDARY_MMU_WALK;
+    features::set_lru_gen_caps(if mode == Mode::Off {
+        all & !caps::SECONDARY_MMU_WALK
+    } else {
+        all
+    })?;
+
+    // Everything present and mapped by both secondary MMUs (this faults back
+    // what the last checkpoint evicted), then everything old.
+    let (vpages, mpages) = (ck.vm.mem.pages(), ck.mem.pages());
+    ck.mem.fill(0x636b_7074);
+    ck.vm.touch_all(0, vpages, Access::Write(0x636b))?;
+    dev.mirror(ck.mem.as_ptr() as usize, ck.mem.len(), 0)
+        .context("MIRROR")?;
+    dev.access(ck.mem.as_ptr() as usize, ck.mem.len())
+        .context("ACCESS all")?;
+    sys::drain_lru_batches()?;
+    aging::age_once(cg)?;
+    aging::age_once(cg)?;
+
+    // Touch subsets through the secondary MMUs only.
+    let vstride = rng.range(2, 5) as usize;
+    let vfirst = rng.range(0, vstride as u64 - 1) as usize;
+    let vtouched = strided(vfirst, vstride, vpages);
+    ck.vm
+        .touch(0, vfirst, vtouched.len(), vstride, Access::Read)?;
+    let mut mtouched = vec![false; mpages];
+    for _ in 0..rng.range(1, 6) {
+        let len = rng.range(1, mpages as u64 / 4) as usize;
+        let first = rng.range(0, (mpages - len) as u64) as usize;
+        dev.access(
+            ck.mem.as_ptr() as usize + first * PAGE_SIZE,
+            len * PAGE_SIZE,
+        )
+        .context("ACCESS subset")?;
+        mtouched[first..first + len]
+            .iter_mut()
+            .for_each(|t| *t = true);
+    }
+    let nm = mtouched.iter().filter(|&&t| t).count() as u64;
+
+    // The measured pass.
+    let before = dev.stats()?;
+    let (seq, _) = aging::age_once(cg)?;
+    let d = dev.stats()?.since(&before);
+    let walk = lru_gen::node_full_of(&cg.path(), NID)?
+        .gen(seq)
+        .and_then(|g| g.walk.clone())
+        .unwrap_or_default();
+    let stat = |l: char| walk.get(l).unwrap_or(0);
+    let (c, q, s, e) = (stat('c'), stat('q'), stat('s'), stat('e'));
+    let nv = vtouched.len() as u64;
+    let mut bad = Vec::new();
+    match mode {
+        Mode::Off => {
+            if c + q + s + e != 0 || d.fast_calls != 0 {
+                bad.push(format!(
+                    "0x8 off but the fast-only op ran: C={c} Q={q} S={s} E={e}, mirror {d:?}"
+                ));
+            }
+            if d.slow_young != nm {
+                bad.push(format!(
+                    "clear_young() found {} young mirror pages, {nm} touched",
+                    d.slow_young
+                ));
+            }
+        }
+        _ => {
+            if s > q || e > q || c > q || q == 0 {
+                bad.push(format!("walk stats inconsistent: C={c} Q={q} S={s} E={e}"));
+            }
+            let fast_mirror = if mode == Mode::FailAll {
+                0
+            } else {
+                d.fast_young
+            };
+            if s < nv + fast_mirror {
+                bad.push(format!("S={s} young answers, but {nv} guest pages touched and the mirror answered {fast_mirror}"));
+            }
+            if d.fast_young + d.slow_young != nm {
+                bad.push(format!(
+                    "mirror: {} fast + {} fallback young answers, {nm} pages touched ({d:?})",
+                    d.fast_young, d.slow_young
+                ));
+            }
+            if mode == Mode::FailAll
+                && (d.fast_young != 0 || d.fast_failed != d.fast_pages || d.fast_pages == 0)
+            {
+                bad.push(format!("FAIL_FAST: the mirror answered: {d:?}"));
+            }
+            if mode == Mode::On && d.slow_young != 0 {
+                bad.push(format!(
+                    "0x8 on, nothing failed, yet the fallback found young pages: {d:?}"
+                ));
+            }
+        }
+    }
+
+    // Evict every generation older than the pass's: a touched page the pass
+    // did not promote is swapped out now.
+    lru_gen::evict(lru_id(cg)?, NID, seq - 1, 200, 1 << 30)
+        .with_context(|| format!("evicting up to generation {}", seq - 1))?;
+    let vstate = pagemap::states(ck.vm.mem.as_ptr() as usize, vpages)?;
+    let mstate = pagemap::states(ck.mem.as_ptr() as usize, mpages)?;
+    let mut vt = vec![false; vpages];
+    vtouched.iter().for_each(|&i| vt[i] = true);
+    let lost_v: Vec<usize> = (0..vpages)
+        .filter(|&i| vt[i] && vstate[i] != PageState::Present)
+        .collect();
+    let lost_m: Vec<usize> = (0..mpages)
+        .filter(|&i| mtouched[i] && mstate[i] != PageState::Present)
+        .collect();
+    let untouched =
+        (0..vpages).filter(|&i| !vt[i]).count() + (0..mpages).filter(|&i| !mtouched[i]).count();
+    let evicted = (0..vpages)
+        .filter(|&i| !vt[i] && vstate[i] == PageState::Swapped)
+        .count()
+        + (0..mpages)
+            .filter(|&i| !mtouched[i] && mstate[i] == PageState::Swapped)
+            .count();
+    if !lost_v.is_empty() || !lost_m.is_empty() {
+        bad.push(format!(
+            "touched but not promoted (evicted): {} of {nv} guest pages (first {:?}), {} of {nm} mirror pages (first {:?})",
+            lost_v.len(),
+            lost_v.first(),
+            lost_m.len(),
+            lost_m.first()
+        ));
+    }
+    let frac = evicted as f64 / untouched.max(1) as f64;
+    if frac < MIN_EVICTED {
+        bad.push(format!("eviction swapped out only {evicted} of {untouched} untouched pages: the check would be blind"));
+    }
+    dev.unmirror().context("UNMIRROR")?;
+    dev.config(0).context("CONFIG 0")?;
+    println!(
+        "# checkpoint ({}): {nv} guest + {nm} mirror pages touched through secondary MMUs, all promoted: {}; \
+         {evicted}/{untouched} untouched evicted; C={c} Q={q} S={s} E={e}; mirror fast {}/{} young, {} failed, fallback {} young",
+        mode.name(),
+        if bad.is_empty() { "yes" } else { "NO" },
+        d.fast_young,
+        d.fast_pages,
+        d.fast_failed,
+        d.slow_young
+    );
+    let kind = match mode {
+        Mode::On | Mode::Off => "checkpoint",
+        _ => "fallback",
+    };
+    for b in bad {
+        sh.violation(kind, format!("{}: {b}", mode.name()));
+    }
+    sh.count(&format!("checkpoints: {}", mode.name()), 1);
+    sh.count("checkpoint pages checked", (vpages + mpages) as u64);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+
+fn swap_on() -> Result<()> {
+    if sys::read("/proc/swaps")?.lines().count() > 1 {
+        return Ok(());
+    }
+    for (cmd, arg) in [("mkswap", SWAP_DEV), ("swapon", SWAP_DEV)] {
+        let out = Command::new(cmd)
+            .arg(arg)
+            .output()
+            .with_context(|| format!("running {cmd}"))?;
+        if !out.status.success() {
+            bail!("{cmd} {arg}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+    }
+    Ok(())
+}
+
+/// KVM's debugfs directories of VMs (`<pid>-<fd>`).
+fn kvm_vm_dirs() -> Vec<String> {
+    std::fs::read_dir("/sys/kernel/debug/kvm")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.contains('-') && n.chars().next().is_some_and(|c| c.is_ascii_digit()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+const KMEMLEAK: &str = "/sys/kernel/debug/kmemleak";
+
+fn main() {
+    let o = Opts::parse();
+    if let Some(role) = &o.role {
+        if let Err(e) = run_role(role, &o) {
+            println!("VIOLATION child: {role}: {e:#}");
+            std::process::exit(1);
+        }
+        std::process::exit(0);
+    }
+    let seed = o.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1)
+    });
+    let mut t = Ktap::new(7);
+    t.diag(&format!(
+        "lru_gen_stress: {:?} of chaos, checkpoints every {:?}, seed {seed} (rerun with --seed {seed})",
+        o.duration, o.checkpoint_every
+    ));
+    if !features::exists("/dev/kvm") {
+        Ktap::skip_all("no /dev/kvm");
+    }
+    let caps_now = features::lru_gen_caps().unwrap_or(0);
+    if caps_now & caps::SECONDARY_MMU_WALK == 0
+        && features::set_lru_gen_caps(caps_now | caps::SECONDARY_MMU_WALK).is_err()
+    {
+        Ktap::skip_all("the kernel has no lru_gen capability 0x8 (not the series' kernel)");
+    }
+    let mirror_ko = module::project_module(lru_mirror::MODULE);
+    if !mirror_ko.exists() {
+        Ktap::skip_all(&format!("{} not built (make modules)", mirror_ko.display()));
+    }
+    if let Err(e) = run(&o, seed, &mut t) {
+        t.diag(&format!("setup failed: {e:#}"));
+        t.fail("stress_setup", &format!("{e:#}"));
+    }
+    t.finish();
+}
+
+fn run(o: &Opts, seed: u64, t: &mut Ktap) -> Result<()> {
+    let (guard, ckpt_cg) = aging::enter_sandbox(CG_CKPT)?;
+    swap_on()?;
+    let watch = sys::DmesgWatch::start()?;
+    if features::exists(KMEMLEAK) {
+        // Forget what boot left behind; report only what this run leaks.
+        sys::write(KMEMLEAK, "clear")?;
+    }
+    let vm_dirs_before = kvm_vm_dirs();
+    let guest_cg = Memcg::create(CG_GUEST)?;
+    // memory.high, not memory.max: reclaim (to swap) without the OOM killer,
+    // whose report would be a kernel log entry of its own.
+    guest_cg.write("memory.high", &(o.guest_mem * 3 / 4).to_string())?;
+    let mirror_cg = Memcg::create(CG_MIRROR)?;
+    mirror_cg.write("memory.high", &(USER_MEM * 3 / 2).to_string())?;
+    let churn_cg = Memcg::create(CG_CHURN)?;
+
+    let sh = Shared {
+        stop: AtomicBool::new(false),
+        gate: RwLock::new(()),
+        module: Mutex::new(()),
+        tally: Mutex::new(Tally::default()),
+    };
+    let mut rng = Rng::new(seed);
+    let mut ck = Ckpt {
+        vm: TouchVm::new(CKPT_VM, 1, Backing::Anon4k)?,
+        mem: HostMem::new(CKPT_MIRROR, Backing::Anon4k)?,
+    };
+    let start = Instant::now();
+    let guest = spawn_child("guest", &guest_cg, rng.next(), o)?;
+    let churn = spawn_child("churn", &churn_cg, rng.next(), o)?;
+    // Let the children create their VMs before the memcgs are aged.
+    std::thread::sleep(Duration::from_millis(500));
+    let cgs: Vec<(String, u32)> = [&guest_cg, &mirror_cg, &churn_cg, &ckpt_cg]
+        .iter()
+        .map(|c| Ok((c.path(), lru_id(c)?)))
+        .collect::<Result<_>>()?;
+
+    std::thread::scope(|s| {
+        let sh = &sh;
+        let cgs = &cgs;
+        for (path, id) in cgs {
+            s.spawn(move || aging_loop(sh, path, *id));
+        }
+        let mut r1 = Rng::new(rng.next());
+        s.spawn(move || toggle_loop(sh, &mut r1));
+        let mut r2 = Rng::new(rng.next());
+        let (gc, cc) = (&guest_cg, &churn_cg);
+        s.spawn(move || reclaim_loop(sh, &[gc, cc], &mut r2));
+        let mut r3 = Rng::new(rng.next());
+        let mc = &mirror_cg;
+        s.spawn(move || mirror_loop(sh, mc, o, &mut r3));
+
+        // Checkpoints in this thread, until the time is up.
+        let mut n = 0u64;
+        let end = start + o.duration;
+        let mut next = Instant::now() + o.checkpoint_every.min(o.duration / 2);
+        while Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(100));
+            if Instant::now() < next {
+                continue;
+            }
+            let mode = Mode::of(n, &mut rng);
+            let w = sh.gate.write().unwrap();
+            if let Err(e) = checkpoint(sh, &mut ck, &ckpt_cg, mode, &mut rng) {
+                sh.violation("checkpoint", format!("{}: {e:#}", mode.name()));
+            }
+            drop(w);
+            n += 1;
+            next = Instant::now() + o.checkpoint_every;
+        }
+        // A last checkpoint at the end if none of some mode ran yet.
+        while n < 4 {
+            let mode = Mode::of(n, &mut rng);
+            let w = sh.gate.write().unwrap();
+            if let Err(e) = checkpoint(sh, &mut ck, &ckpt_cg, mode, &mut rng) {
+                sh.violation("checkpoint", format!("{}: {e:#}", mode.name()));
+            }
+            drop(w);
+            n += 1;
+        }
+        sh.stop.store(true, Ordering::Relaxed);
+    });
+    collect(&sh, "guest", guest, Duration::from_secs(120), false);
+    collect(&sh, "churn", churn, Duration::from_secs(120), false);
+    let elapsed = start.elapsed();
+
+    // Teardown checks.
+    drop(ck);
+    {
+        let _m = sh.module.lock().unwrap();
+        if module::is_loaded(lru_mirror::MODULE) {
+            match unload_mirror() {
+                Ok(()) => sh.count("lru_mirror unloads", 1),
+                Err(e) => sh.violation("teardown", format!("{e:#}")),
+            }
+        }
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let left: Vec<String> = kvm_vm_dirs()
+        .into_iter()
+        .filter(|d| !vm_dirs_before.contains(d))
+        .collect();
+    if !left.is_empty() {
+        sh.violation("teardown", format!("VMs left in KVM's debugfs: {left:?}"));
+    }
+    let mut leaks = String::new();
+    if features::exists(KMEMLEAK) {
+        // Two scans: kmemleak reports an object only once it was seen
+        // unreferenced twice (and is older than 5 s).
+        for _ in 0..2 {
+            std::thread::sleep(Duration::from_secs(6));
+            sys::write(KMEMLEAK, "scan")?;
+        }
+        leaks = sys::read(KMEMLEAK)?;
+        sh.count("kmemleak scans", 2);
+    }
+    drop(guest_cg);
+    drop(mirror_cg);
+    drop(churn_cg);
+    drop(ckpt_cg);
+    drop(guard);
+    let _ = Command::new("swapoff").arg(SWAP_DEV).status();
+
+    let tally = sh.tally.into_inner().unwrap();
+    let c = |k: &str| tally.counts.get(k).copied().unwrap_or(0);
+    t.diag(&format!("ran {:.0} s; counts:", elapsed.as_secs_f64()));
+    for (k, v) in &tally.counts {
+        t.diag(&format!("  {k}: {v}"));
+    }
+    let vio = |kinds: &[&str]| -> Vec<String> {
+        tally
+            .violations
+            .iter()
+            .filter(|(k, _)| kinds.contains(&k.trim()))
+            .map(|(k, m)| format!("{k}: {m}"))
+            .collect()
+    };
+    let verdict = |v: Vec<String>, extra: Option<String>| -> Result<()> {
+        let mut all = v;
+        all.extend(extra);
+        if all.is_empty() {
+            Ok(())
+        } else {
+            bail!(
+                "{} violation(s): {}",
+                all.len(),
+                all.iter().take(10).cloned().collect::<Vec<_>>().join("; ")
+            )
+        }
+    };
+
+    // Every kind of chaos must actually have happened.
+    let needed = [
+        "aging passes",
+        "0x8 toggles",
+        "guest pattern verifications",
+        "guest host MADV_DONTNEED",
+        "VMs created and destroyed",
+        "churn memslot cycles",
+        "mirror users",
+        "lru_mirror unloads",
+        "lru_mirror knob changes",
+        "memory.reclaim writes",
+        "guest pattern pages read back from swap",
+    ];
+    let missing: Vec<&str> = needed.iter().copied().filter(|k| c(k) == 0).collect();
+    let passes = c("aging passes");
+    let few = (passes < o.min_passes)
+        .then(|| format!("{passes} aging passes < --min-passes {}", o.min_passes));
+    t.check(
+        "chaos_ran_every_operation",
+        verdict(
+            vio(&["aging", "toggle", "reclaim", "module", "mirror", "child"]),
+            (!missing.is_empty())
+                .then(|| format!("never happened: {missing:?}"))
+                .or(few),
+        ),
+    );
+    t.diag(&format!(
+        "{passes} aging passes ({:.1}/s), {} checkpoints, {} guest pages verified after swap-in",
+        passes as f64 / elapsed.as_secs_f64(),
+        tally
+            .counts
+            .iter()
+            .filter(|(k, _)| k.starts_with("checkpoints:"))
+            .map(|(_, v)| v)
+            .sum::<u64>(),
+        c("guest pattern pages read back from swap")
+    ));
+    let ck_on = c("checkpoints: 0x8 on") + c("checkpoints: 0x8 off");
+    t.check(
+        "secondary_only_pages_promoted_at_checkpoints",
+        verdict(
+            vio(&["checkpoint"]),
+            (ck_on == 0).then(|| "no checkpoint ran".into()),
+        ),
+    );
+    let ck_fail = c("checkpoints: 0x8 on, mirror fails every page")
+        + c("checkpoints: 0x8 on, mirror fails after k pages");
+    t.check(
+        "fallback_loses_no_accessed_state",
+        verdict(
+            vio(&["fallback"]),
+            (ck_fail == 0).then(|| "no failure checkpoint ran".into()),
+        ),
+    );
+    t.check(
+        "guest_data_intact_across_swap",
+        verdict(
+            vio(&["integrity"]),
+            (c("guest pattern pages read back from swap") == 0)
+                .then(|| "no pattern page was swapped out: the check saw no swap".into()),
+        ),
+    );
+    t.check("counters_consistent", verdict(vio(&["counters"]), None));
+    let bugs = watch.new_bug_lines()?;
+    let leak_lines: Vec<String> = leaks
+        .lines()
+        .filter(|l| l.contains("unreferenced object"))
+        .map(str::to_owned)
+        .collect();
+    t.check(
+        "no_kernel_reports",
+        verdict(bugs.into_iter().chain(leak_lines).collect(), None),
+    );
+    t.check("teardown_complete", verdict(vio(&["teardown"]), None));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rng_is_reproducible_and_in_range() {
+        let (mut a, mut b) = (Rng::new(42), Rng::new(42));
+        for _ in 0..1000 {
+            let x = a.range(3, 7);
+            assert_eq!(x, b.range(3, 7));
+            assert!((3..=7).contains(&x));
+        }
+    }
+
+    #[test]
+    fn mirror_stats_checks() {
+        let a = lru_mirror::Stats {
+            fast_calls: 1,
+            fast_pages: 10,
+            fast_young: 4,
+            ..Default::default()
+        };
+        let mut b = a;
+        b.fast_pages = 20;
+        assert!(mirror_stats_consistent(&a, &b).is_ok());
+        b.fast_young = 3;
+        assert!(mirror_stats_consistent(&a, &b).is_err());
+        b.fast_young = 15;
+        b.fast_failed = 6;
+        assert!(mirror_stats_consistent(&a, &b).is_err());
+    }
+
+    #[test]
+    fn strided_pages() {
+        assert_eq!(strided(1, 3, 10), vec![1, 4, 7]);
+        assert_eq!(strided(0, 2, 5), vec![0, 2, 4]);
+    }
+}
