@@ -7,6 +7,7 @@
 # are incremental (and ccache'd), so a step costs what its patch touches:
 # a patch to a widely included header rebuilds most of the kernel.
 . "$(dirname "$0")/lib.sh"
+need_default_flavor
 
 "$TOP/scripts/kernel.sh" config
 cd "$KDIR"

@@ -15,7 +15,6 @@
 . "$(dirname "$0")/lib.sh"
 
 out=$TOP/results/check-base
-mkdir -p "$out"
 bin=$TOP/tools/testing/selftests/target/x86_64-unknown-linux-gnu/release
 step "deps" "$TOP/scripts/deps.sh"
 step "kernel (base)" env FLAVOR=base "$TOP/scripts/kernel.sh" build
@@ -23,26 +22,42 @@ step "kernel (default)" env FLAVOR=default "$TOP/scripts/kernel.sh" build
 step "modules (default)" env FLAVOR=default "$TOP/scripts/modules.sh"
 step "selftests build" "$TOP/scripts/selftests.sh"
 
+rm -rf "$out"
+mkdir -p "$out"
+# The base tree must really be the pristine tag.
+[ "$(git -C "$MAIN_KDIR-base" rev-parse HEAD)" = "$(git -C "$MAIN_KDIR" rev-parse "$BASE_TAG^{commit}")" ] ||
+	die "$MAIN_KDIR-base is not at $BASE_TAG"
+
 rc=0
-log "base kernel: every selftest (series-only cases skip), then the page-exact maps"
-# lru_gen_stress needs the series throughout and skips itself at once.
+tests=$(grep -v -e '^#' -e '^$' "$TOP/tools/testing/selftests/kselftest-list.txt" |
+	grep -v -e ':lru_gen_exact_test$' -e ':lru_gen_stress$' | tr '\n' ' ')
+log "base kernel: the selftests (series-only cases skip), then lru_gen_exact_test --map-out"
+# lru_gen_stress needs the series throughout (it skips at once on base);
+# lru_gen_exact_test runs once, writing the maps.
 FLAVOR=base "$TOP/scripts/vm-run" -t 2400 -- sh -c \
-	"scripts/run-selftests; r=\$?; echo '# lru_gen_exact_test --map-out'; \
-	 $bin/lru_gen_exact_test --map-out $out/base.json | sed 's/^/# /'; exit \$r" \
-	| tee "$out/base.ktap" || rc=1
+	"scripts/run-selftests $tests; r=\$?; \
+	 $bin/lru_gen_exact_test --map-out $out/base.json >$out/base-exact.ktap 2>&1 || r=1; \
+	 cat $out/base-exact.ktap; exit \$r" |
+	tee "$out/base.ktap" || rc=1
+grep -q '^ok 1 exact_promotion_0x8_clear' "$out/base-exact.ktap" 2>/dev/null ||
+	{ echo "check-base: lru_gen_exact_test failed on base" >&2; rc=1; }
 [ -s "$out/base.json" ] || { echo "check-base: base wrote no promotion maps" >&2; rc=1; }
+grep -q '"kernel": "[^"]*-base"' "$out/base.json" 2>/dev/null ||
+	{ echo "check-base: the maps do not come from the base kernel" >&2; rc=1; }
 
 log "series kernel: lru_gen_exact_test --compare $out/base.json"
 if [ -s "$out/base.json" ]; then
 	FLAVOR=default "$TOP/scripts/vm-run" -t 900 -- \
-		"$bin/lru_gen_exact_test" --map-out "$out/series.json" --compare "$out/base.json" \
-		| tee "$out/series.ktap" || rc=1
+		"$bin/lru_gen_exact_test" --map-out "$out/series.json" --compare "$out/base.json" |
+		tee "$out/series.ktap" || rc=1
 fi
 
 echo
 echo "check-base summary ($(date -u +%F)):"
 grep -h 'kselftest totals' "$out/base.ktap" | sed 's/^/  base selftests: /' || true
 echo "  base, skipped (series-only): $(grep -c '# SKIP' "$out/base.ktap" || true) case(s)"
+grep -h '^# 0x8 ' "$out/base-exact.ktap" 2>/dev/null | sed 's/^# /  base exact: /' || true
+grep -h '^# 0x8 ' "$out/series.ktap" 2>/dev/null | sed 's/^# /  series exact: /' || true
 grep -h '^ok .*same_pages_promoted\|^not ok .*same_pages_promoted' "$out/series.ktap" 2>/dev/null |
 	sed 's/^/  page-exact comparison: /' || true
 if [ "$rc" -eq 0 ]; then

@@ -7,6 +7,7 @@
 # usage: scripts/check.sh [TEST...]   run only these VM selftests (and the
 #                                     host tests)
 . "$(dirname "$0")/lib.sh"
+[ "$FLAVOR" != base ] || die "make check tests the series; on base, run make check-base"
 
 total_start=$(date +%s)
 pass=0 fail=0 skip=0

@@ -5,6 +5,7 @@
 # The cover letter keeps the subject and text of patches/0000-cover-letter.patch;
 # only its shortlog and diffstat are regenerated.
 . "$(dirname "$0")/lib.sh"
+need_default_flavor
 [ -d "$KDIR/.git" ] || die "no kernel tree at $KDIR: run 'make kernel-tree'"
 cd "$KDIR"
 [ -z "$(git status --porcelain --untracked-files=no)" ] ||

@@ -71,6 +71,11 @@ flavor_tree() {
 	debug) want=$(git -C "$MAIN_KDIR" rev-parse HEAD) ;;
 	base) want=$(git -C "$MAIN_KDIR" rev-parse "$BASE_TAG^{commit}") ;;
 	esac
+	if [ -e "$KDIR" ] && ! git -C "$KDIR" rev-parse -q --verify HEAD >/dev/null 2>&1; then
+		# Left over from an older or re-extracted kernel tree: start over.
+		log "$KDIR is not a worktree of $MAIN_KDIR any more; recreating it"
+		rm -rf "$KDIR"
+	fi
 	if [ ! -e "$KDIR/.git" ]; then
 		git -C "$MAIN_KDIR" worktree prune
 		step "checking out the $FLAVOR tree into $KDIR" \
@@ -80,6 +85,9 @@ flavor_tree() {
 			git -C "$KDIR" checkout -q --detach "$want"
 	else
 		log "$FLAVOR tree up to date ($(git -C "$KDIR" log -1 --format='%h %s'))"
+	fi
+	if [ "$FLAVOR" = debug ] && [ -n "$(git -C "$MAIN_KDIR" status --porcelain --untracked-files=no)" ]; then
+		log "WARNING: uncommitted changes in $MAIN_KDIR are not in the debug tree (it follows HEAD)"
 	fi
 }
 
@@ -152,7 +160,7 @@ verify_config() {
 	[ "$bad" -eq 0 ] || die "kernel config does not match ${FRAGMENTS[*]##*/} (see above)"
 }
 
-config_stamp() { echo "$(git -C "$KDIR" rev-parse --git-dir)/mglru-config"; }
+config_stamp() { echo "$(git -C "$KDIR" rev-parse --absolute-git-dir)/mglru-config"; }
 
 gen_config() {
 	kmake -s rustavailable >/dev/null 2>&1 || {

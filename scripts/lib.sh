@@ -48,9 +48,20 @@ esac
 MAIN_KDIR=$MGLRU_CACHE/linux-${KERNEL_PKG_VERSION//\~/_}
 if [ "$FLAVOR" = default ]; then
 	KDIR=${KDIR:-$MAIN_KDIR}
+elif [ -n "${KDIR:-}" ] && [ "$KDIR" != "$MAIN_KDIR-$FLAVOR" ]; then
+	# An exported KDIR would silently build or boot the wrong tree.
+	printf 'ERROR: KDIR=%s conflicts with FLAVOR=%s (unset one of them)\n' "$KDIR" "$FLAVOR" >&2
+	exit 2
 else
-	KDIR=${KDIR:-$MAIN_KDIR-$FLAVOR}
+	KDIR=$MAIN_KDIR-$FLAVOR
 fi
+
+# Scripts that work on the series' own tree (export, bisect, variants)
+# call this first.
+need_default_flavor() {
+	[ "$FLAVOR" = default ] ||
+		{ printf 'ERROR: %s works on the default flavour only (FLAVOR=%s)\n' "$(basename "$0")" "$FLAVOR" >&2; exit 2; }
+}
 TOOLS_DIR=$MGLRU_CACHE/tools
 BINDGEN=$TOOLS_DIR/bindgen-$BINDGEN_VERSION/bin/bindgen
 BUILD_DIR=${BUILD_DIR:-$MGLRU_CACHE/build}

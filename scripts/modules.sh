@@ -13,10 +13,14 @@ if [ -z "$src" ]; then
 	exit 0
 fi
 if [ "$src" != "$TOP" ]; then
-	# Copy what changed only (cp -p keeps mtimes: kbuild rebuilds what it must).
+	# Copy what changed only (a fresh mtime makes kbuild rebuild it);
+	# sources gone from the clone go from the copy too.
 	mkdir -p "$src/rust"
+	for f in "$src"/rust/*.rs; do
+		[ -e "$f" ] && [ ! -e "$TOP/rust/${f##*/}" ] && rm -f "$f" "${f%.rs}".{o,ko,mod,mod.c}
+	done
 	for f in Kbuild rust/Kbuild rust/*.rs; do
-		cmp -s "$TOP/$f" "$src/$f" || cp -p "$TOP/$f" "$src/$f"
+		cmp -s "$TOP/$f" "$src/$f" || cp "$TOP/$f" "$src/$f"
 	done
 fi
 logf=$MGLRU_CACHE/logs/modules.log

@@ -13,6 +13,7 @@
 # (kernel crate, its doctests, bindings). Takes a few minutes; not part of
 # make check.
 . "$(dirname "$0")/lib.sh"
+need_default_flavor
 
 FRAGMENT=$TOP/configs/mglru-secondary.config
 VDIR=$MGLRU_CACHE/variant-no-mmu-notifier

@@ -632,6 +632,12 @@ impl TouchVm {
                 pieces.len()
             );
         }
+        if self.data_gpa != 0 {
+            bail!(
+                "the data memslot was moved to {:#x}: move it back first",
+                self.data_gpa
+            );
+        }
         self.set_data_slot(false)?;
         for (k, &(first, count)) in pieces.iter().enumerate() {
             let slot = if k == 0 {

@@ -95,6 +95,8 @@ pub fn kernel_bug_lines(log: &str) -> Vec<&str> {
         "list_del corruption",
         "detected stalls",
         "lock held when returning",
+        "soft lockup",
+        "blocked for more than",
     ];
     log.lines()
         .filter(|l| MARKERS.iter().any(|m| l.contains(m)))
@@ -167,25 +169,16 @@ pub fn anon_huge_bytes() -> Result<u64> {
     Ok(kb * 1024)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bug_lines_found() {
-        let log = "ok line\nWARNING: CPU: 0 PID: 1 at mm/vmscan.c:1 foo\nfine\nBUG: KASAN: x\n";
-        assert_eq!(kernel_bug_lines(log).len(), 2);
-        assert!(kernel_bug_lines("all quiet\nkvm: loaded\n").is_empty());
-    }
-}
-
 /// Drains every CPU's LRU batches, so that each page faulted in so far is
-/// on an LRU list (aged and evictable) rather than waiting in a per-CPU
-/// `folio_batch`: `mlock(2)` calls `lru_add_drain_all()` before it locks
-/// anything. Locks and unlocks one page of its own.
+/// on an LRU list (aged and evictable) rather than waiting in some CPU's
+/// `folio_batch`: `mbind(2)` with `MPOL_MF_MOVE` calls `lru_cache_disable()`,
+/// which drains all CPUs (`__lru_add_drain_all(true)`), before it looks at
+/// the range. Applies the default policy to one page of its own.
 pub fn drain_lru_batches() -> Result<()> {
-    // SAFETY: a fresh anonymous page, locked, unlocked and unmapped here;
-    // no Rust reference points into it.
+    const MPOL_DEFAULT: libc::c_long = 0;
+    const MPOL_MF_MOVE: libc::c_long = 1 << 1;
+    // SAFETY: a fresh anonymous page, given the default policy and
+    // unmapped here; no Rust reference points into it.
     unsafe {
         let p = libc::mmap(
             std::ptr::null_mut(),
@@ -198,13 +191,32 @@ pub fn drain_lru_batches() -> Result<()> {
         if p == libc::MAP_FAILED {
             return Err(std::io::Error::last_os_error()).context("mmap");
         }
-        let r = libc::mlock(p, 4096);
+        let r = libc::syscall(
+            libc::SYS_mbind,
+            p,
+            4096usize,
+            MPOL_DEFAULT,
+            std::ptr::null::<libc::c_ulong>(),
+            0usize,
+            MPOL_MF_MOVE,
+        );
         let err = std::io::Error::last_os_error();
-        libc::munlock(p, 4096);
         libc::munmap(p, 4096);
         if r != 0 {
-            return Err(err).context("mlock (to drain LRU batches)");
+            return Err(err).context("mbind(MPOL_MF_MOVE) to drain the LRU batches");
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bug_lines_found() {
+        let log = "ok line\nWARNING: CPU: 0 PID: 1 at mm/vmscan.c:1 foo\nfine\nBUG: KASAN: x\n";
+        assert_eq!(kernel_bug_lines(log).len(), 2);
+        assert!(kernel_bug_lines("all quiet\nkvm: loaded\n").is_empty());
+    }
 }

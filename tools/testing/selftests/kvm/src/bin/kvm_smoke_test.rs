@@ -41,7 +41,14 @@ fn guest_writes_memory(vcpus: usize) -> Result<()> {
     Ok(())
 }
 
+/// KVM in the test VM: AMD NPT and the TDP MMU are on, a guest runs. Exit
+/// status: 0 pass, 1 fail, 4 skip, 2 usage error.
+#[derive(clap::Parser, Debug)]
+#[command(name = "kvm_smoke_test", version, about, long_about = None)]
+struct Opts {}
+
 fn main() {
+    let _ = <Opts as clap::Parser>::parse();
     let mut t = Ktap::new(4);
     t.check("kvm_amd_npt_enabled", npt_on());
     t.check("kvm_tdp_mmu_enabled", tdp_mmu_on());

@@ -124,7 +124,8 @@ impl Opts {
             cmd.error(
                 clap::error::ErrorKind::ValueValidation,
                 format!(
-                    "{} MiB of guest memory is more than the test VM can hold ({} MiB)",
+                    "--vcpus x --bytes-per-vcpu = {} MiB of guest memory is more than the \
+                     test VM can hold ({} MiB)",
                     self.total() >> 20,
                     MAX_TOTAL >> 20
                 ),

@@ -20,7 +20,7 @@
 //! interval ("not significant" when it includes 1), and writes JSON plus
 //! gnuplot data files for `scripts/bench.sh`.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Parser;
 use mglru_selftest::aging::{self, Pass};
 use mglru_selftest::features::{self, caps};
@@ -566,7 +566,13 @@ fn main() -> Result<()> {
         .iter()
         .any(|&m| m == 0 || !m.is_multiple_of(2 << 20))
     {
-        bail!("--mem-per-vcpu sizes must be non-zero multiples of 2M");
+        // A usage error like clap's own: message, exit 2, nothing touched.
+        <Opts as clap::CommandFactory>::command()
+            .error(
+                clap::error::ErrorKind::ValueValidation,
+                "--mem-per-vcpu sizes must be non-zero multiples of 2M",
+            )
+            .exit();
     }
     let max_total = o.max_total.unwrap_or(MAX_DATA);
     std::fs::create_dir_all(&o.out).with_context(|| format!("creating {}", o.out.display()))?;

@@ -78,7 +78,7 @@ struct Opts {
           value_parser = parse_duration)]
     checkpoint_every: Duration,
     /// Guest memory of the swapping KVM guest (its memcg gets 3/4 of it).
-    #[arg(short = 'g', long = "guest-mem", default_value = "32M", value_parser = parse_size)]
+    #[arg(short = 'g', long = "guest-mem", default_value = "32M", value_parser = parse_guest_mem)]
     guest_mem: usize,
     /// Seed of the random choices (default: from the clock; printed).
     #[arg(short = 's', long)]
@@ -89,6 +89,15 @@ struct Opts {
     /// Internal: run as a child process of this role.
     #[arg(long, hide = true, value_parser = ["guest", "churn", "vm-exit", "vm-kill", "mirror-user"])]
     role: Option<String>,
+}
+
+/// `--guest-mem`: a size from 1 MiB to 1 GiB.
+fn parse_guest_mem(s: &str) -> Result<usize, String> {
+    let b = parse_size(s)?;
+    if !(1 << 20..=1 << 30).contains(&b) {
+        return Err(format!("{s:?} is not between 1M and 1G"));
+    }
+    Ok(b)
 }
 
 /// xorshift64*: reproducible from the printed seed, no dependency.
@@ -196,10 +205,15 @@ impl ChildCtx {
     fn count(&mut self, what: &'static str, n: u64) {
         *self.counts.entry(what).or_default() += n;
     }
+    /// Prints the counts so far (cumulative: the parent keeps the last
+    /// value of each, so a child killed later still reported them).
     fn report(&self) {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
         for (k, v) in &self.counts {
-            println!("COUNT {k} {v}");
+            let _ = writeln!(out, "COUNT {k} {v}");
         }
+        let _ = out.flush();
     }
 }
 
@@ -217,13 +231,48 @@ fn role_guest(seed: u64, mem: usize) -> Result<()> {
         let pseed = round.wrapping_mul(0x0101_0000) | 1;
         vm.touch_with(2, 0, pat, Access::Pattern(pseed))?;
         cx.count("guest pattern writes", 1);
-        // Let reclaim push pattern pages out while the rest churns.
+        // Let reclaim push pattern pages out while the rest churns: the
+        // host discards parts of the other half while the vCPUs write it
+        // (invalidations racing with faults and aging).
         for _ in 0..3 {
-            vm.touch_with(2, pat, disc, Access::Write(round))?;
-            let len = cx.rng.range(1, disc as u64 / 4) as usize;
-            let first = pat + cx.rng.range(0, (disc - len) as u64) as usize;
-            vm.mem.discard(first, len)?;
-            cx.count("guest host MADV_DONTNEED", 1);
+            if cx.stopping() {
+                break;
+            }
+            let base = vm.mem.as_ptr() as usize;
+            let mut r = Rng::new(cx.rng.next());
+            let done = AtomicBool::new(false);
+            let discards = std::thread::scope(|s| -> Result<u64> {
+                let h = s.spawn(|| {
+                    let mut n = 0u64;
+                    while !done.load(Ordering::Relaxed) {
+                        let len = r.range(1, disc as u64 / 4) as usize;
+                        let first = pat + r.range(0, (disc - len) as u64) as usize;
+                        // SAFETY: the range lies inside the VM's data
+                        // mapping, which outlives this scope; nothing holds
+                        // Rust references into it (the guest and volatile
+                        // accesses only).
+                        let rc = unsafe {
+                            libc::madvise(
+                                (base + first * PAGE_SIZE) as *mut libc::c_void,
+                                len * PAGE_SIZE,
+                                libc::MADV_DONTNEED,
+                            )
+                        };
+                        if rc == 0 {
+                            n += 1;
+                        }
+                        std::thread::sleep(Duration::from_millis(r.range(1, 20)));
+                    }
+                    n
+                });
+                let res = vm.touch_with(2, pat, disc, Access::Write(round));
+                done.store(true, Ordering::Relaxed);
+                let n = h
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("discard thread panicked"))?;
+                res.map(|()| n)
+            })?;
+            cx.count("guest host MADV_DONTNEED (vCPUs running)", discards);
             vm.touch_with(1, pat, disc, Access::Read)?;
         }
         match cx.rng.range(0, 3) {
@@ -259,6 +308,7 @@ fn role_guest(seed: u64, mem: usize) -> Result<()> {
         }
         cx.count("guest pattern verifications", 1);
         cx.count("guest pages verified", pat as u64);
+        cx.report();
     }
     cx.report();
     Ok(())
@@ -270,8 +320,15 @@ fn role_churn(seed: u64) -> Result<()> {
     let mut cx = ChildCtx::new(seed);
     let me = std::env::current_exe()?;
     while !cx.stopping() {
-        let mut vm = TouchVm::new(CHURN_VM, 1, Backing::Anon4k)?;
+        // Every other VM on THPs: 2 MiB host mappings and huge SPTEs, split
+        // by the memslot changes below.
+        let thp = cx.rng.chance(50);
+        let backing = if thp { Backing::Thp } else { Backing::Anon4k };
+        let mut vm = TouchVm::new(CHURN_VM, 1, backing)?;
         cx.count("VMs created and destroyed", 1);
+        if thp {
+            cx.count("VMs on THPs", 1);
+        }
         let pages = vm.mem.pages();
         let s = cx.rng.next() as u32 | 1;
         vm.touch_with(1, 0, pages, Access::Pattern(s))?;
@@ -284,23 +341,40 @@ fn role_churn(seed: u64) -> Result<()> {
                 m.page, m.found, m.expected
             );
         }
+        if thp {
+            // Partial discard: splits the THP under the VM's feet.
+            vm.mem.discard(1, 1)?;
+        }
         cx.count("churn memslot cycles", 1);
         drop(vm);
+        cx.report();
         if cx.rng.chance(30) {
             let kill = cx.rng.chance(50);
             let mut c = Command::new(&me)
                 .args(["--role", if kill { "vm-kill" } else { "vm-exit" }])
                 .stdin(Stdio::null())
-                .stdout(Stdio::null())
+                .stdout(Stdio::piped())
                 .spawn()?;
             if kill {
-                std::thread::sleep(cx.rng.ms(5, 150));
+                // Kill it only once its vCPU ran (it says so), while the
+                // vCPU keeps running.
+                let mut b = [0u8; 1];
+                let ran = c
+                    .stdout
+                    .take()
+                    .is_some_and(|mut o| o.read_exact(&mut b).is_ok());
+                std::thread::sleep(cx.rng.ms(0, 50));
                 let _ = c.kill();
+                let st = c.wait()?;
+                if ran && st.signal() == Some(libc::SIGKILL) {
+                    cx.count("processes killed with a live VM", 1);
+                } else {
+                    println!("VIOLATION child: vm-kill child ended on its own ({st}, ran: {ran})");
+                }
+                continue;
             }
             let st = c.wait()?;
-            if kill {
-                cx.count("processes killed with a live VM", 1);
-            } else if st.success() {
+            if st.success() {
                 cx.count("processes exited with a live VM", 1);
             } else {
                 println!("VIOLATION child: vm-exit child failed: {st}");
@@ -314,13 +388,17 @@ fn role_churn(seed: u64) -> Result<()> {
 /// Creates a VM, touches its memory, and exits (or keeps touching until
 /// killed) without closing anything.
 fn role_vm_exit(until_killed: bool) -> Result<()> {
+    use std::io::Write;
     let mut vm = TouchVm::new(CHURN_VM, 1, Backing::Anon4k)?;
     let pages = vm.mem.pages();
+    vm.touch_with(1, 0, pages, Access::Write(0x5eed))?;
+    if !until_killed {
+        std::process::exit(0);
+    }
+    std::io::stdout().write_all(b"r")?;
+    std::io::stdout().flush()?;
     loop {
         vm.touch_with(1, 0, pages, Access::Write(0x5eed))?;
-        if !until_killed {
-            std::process::exit(0);
-        }
     }
 }
 
@@ -337,8 +415,19 @@ fn role_mirror_user(seed: u64) -> Result<()> {
     } else {
         0
     };
-    dev.mirror(mem.as_ptr() as usize, mem.len(), flags)
-        .context("MIRROR")?;
+    // MIRROR gives up with EAGAIN when invalidations (reclaim under
+    // memory.high) keep racing with its fault-in: retry.
+    let mut tries = 0;
+    loop {
+        match dev.mirror(mem.as_ptr() as usize, mem.len(), flags) {
+            Ok(()) => break,
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) && tries < 20 => {
+                tries += 1;
+                cx.count("mirror MIRROR busy (EAGAIN, retried)", 1);
+            }
+            Err(e) => return Err(e).context("MIRROR"),
+        }
+    }
     cx.count("mirror users", 1);
     let end = Instant::now() + cx.rng.ms(300, 2000);
     let mut last = dev.stats()?;
@@ -346,6 +435,15 @@ fn role_mirror_user(seed: u64) -> Result<()> {
         let len = cx.rng.range(1, pages as u64 / 2) as usize;
         let first = cx.rng.range(0, (pages - len) as u64) as usize;
         let addr = mem.as_ptr() as usize + first * PAGE_SIZE;
+        // The failure knobs live in the device file: switch them at random
+        // while aging asks this mirror.
+        if cx.rng.chance(25) {
+            let knob = random_knob(&mut cx.rng);
+            match dev.config(knob) {
+                Ok(()) => cx.count("mirror knob changes", 1),
+                Err(e) => println!("VIOLATION mirror: CONFIG {knob:#x} failed: {e}"),
+            }
+        }
         match cx.rng.range(0, 3) {
             0 | 1 => match dev.access(addr, len * PAGE_SIZE) {
                 Ok(_) => cx.count("mirror device accesses", 1),
@@ -372,6 +470,10 @@ fn role_mirror_user(seed: u64) -> Result<()> {
         last = s;
         std::thread::sleep(Duration::from_millis(cx.rng.range(0, 20)));
     }
+    let s = dev.stats()?;
+    cx.count("mirror pages asked fast-only under chaos", s.fast_pages);
+    cx.count("mirror pages answered failed under chaos", s.fast_failed);
+    cx.count("mirror fallback young answers under chaos", s.slow_young);
     match cx.rng.range(0, 2) {
         0 => {
             dev.unmirror().context("UNMIRROR")?;
@@ -438,26 +540,30 @@ fn spawn_child(role: &str, cg: &Memcg, seed: u64, o: &Opts) -> Result<Child> {
         .args(["--guest-mem", &o.guest_mem.to_string()])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped());
-    let path = std::ffi::CString::new(procs)?;
-    // SAFETY: the closure only calls async-signal-safe functions (open,
-    // write, close) on data prepared before the fork, and allocates nothing.
+    // Opened here (close-on-exec), written by the child between fork and
+    // exec: "0" moves the writer itself.
+    let procs_file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&procs)
+        .with_context(|| format!("opening {procs}"))?;
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&procs_file);
+    // SAFETY: the closure only calls write(2), which is async-signal-safe,
+    // on a descriptor that stays open until spawn() returns (`procs_file`
+    // lives past it), and allocates nothing.
     unsafe {
         use std::os::unix::process::CommandExt;
         cmd.pre_exec(move || {
-            let fd = libc::open(path.as_ptr(), libc::O_WRONLY);
-            if fd < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            let r = libc::write(fd, b"0".as_ptr().cast(), 1);
-            libc::close(fd);
-            if r != 1 {
+            if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
         });
     }
-    cmd.spawn()
-        .with_context(|| format!("spawning the {role} child"))
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("spawning the {role} child into {procs}"));
+    drop(procs_file);
+    child
 }
 
 /// Collects a finished (or stopped) child's report into the tally; `killed`:
@@ -485,18 +591,23 @@ fn collect(sh: &Shared, role: &str, mut child: Child, wait_for: Duration, killed
         }
     };
     let text = reader.join().unwrap_or_default();
+    // Counts are cumulative: the last line of each wins.
+    let mut counts = BTreeMap::new();
     for line in BufReader::new(text.as_bytes())
         .lines()
         .map_while(Result::ok)
     {
         if let Some(rest) = line.strip_prefix("COUNT ") {
             if let Some((name, n)) = rest.rsplit_once(' ') {
-                sh.count(name, n.parse().unwrap_or(0));
+                counts.insert(name.to_owned(), n.parse().unwrap_or(0));
             }
         } else if let Some(rest) = line.strip_prefix("VIOLATION ") {
             let (kind, msg) = rest.split_once(':').unwrap_or(("child", rest));
             sh.violation(kind, format!("{role}:{msg}"));
         }
+    }
+    for (name, n) in counts {
+        sh.count(&name, n);
     }
     match status {
         None => sh.violation(
@@ -516,26 +627,65 @@ fn lru_id(cg: &Memcg) -> Result<u32> {
     cg.lru_gen_id()
 }
 
-/// Forced aging passes on one memcg, back to back.
+/// Forced aging passes on one memcg, back to back. A pass counts once
+/// `max_seq` is seen to have moved on (a write that found a newer `max_seq`
+/// does nothing). Every 16th pass, the walk stats of the generation it
+/// filled must be consistent.
 fn aging_loop(sh: &Shared, path: &str, id: u32) {
+    let mut last: Option<u64> = None;
+    let mut errors = 0;
+    let mut n = 0u64;
     while !sh.stopping() {
+        let _g = sh.gate.read().unwrap();
+        let max = match lru_gen::read()
+            .and_then(|all| lru_gen::lruvec_in(&all, path, NID).map(|(_, n)| n.max_seq()))
         {
-            let _g = sh.gate.read().unwrap();
-            let max = match lru_gen::read()
-                .and_then(|all| lru_gen::lruvec_in(&all, path, NID).map(|(_, n)| n.max_seq()))
-            {
-                Ok(Some(m)) => m,
-                Ok(None) | Err(_) => {
-                    sh.violation("aging", format!("{path} has no lruvec on node {NID}"));
-                    continue;
+            Ok(Some(m)) => m,
+            r => {
+                sh.violation("aging", format!("{path}: no lruvec on node {NID}: {r:?}"));
+                errors += 1;
+                if errors > 10 {
+                    return;
                 }
-            };
-            match lru_gen::age(id, NID, max, true, true) {
-                Ok(()) => sh.count("aging passes", 1),
-                Err(e) => sh.violation("aging", format!("aging {path} from {max}: {e:#}")),
+                drop(_g);
+                sh.sleep(Duration::from_millis(100));
+                continue;
+            }
+        };
+        if last.is_some_and(|l| max > l) {
+            sh.count("aging passes", 1);
+            sh.count(&format!("aging passes on {path}"), 1);
+            n += 1;
+            if n.is_multiple_of(16) {
+                if let Err(e) = walk_stats_consistent(path, max - 1) {
+                    sh.violation("counters", format!("{e:#}"));
+                }
+            }
+        }
+        last = Some(max);
+        if let Err(e) = lru_gen::age(id, NID, max, true, true) {
+            sh.violation("aging", format!("aging {path} from {max}: {e:#}"));
+            errors += 1;
+            if errors > 10 {
+                return;
             }
         }
     }
+}
+
+/// The fast-only counters of generation `seq` of `path`: answers within
+/// questions, at most 512 pages per call (`LRU_GEN_SECONDARY_BATCH`).
+fn walk_stats_consistent(path: &str, seq: u64) -> Result<()> {
+    let node = lru_gen::node_full_of(path, NID)?;
+    let Some(w) = node.gen(seq).and_then(|g| g.walk.clone()) else {
+        return Ok(()); // already gone (aged out)
+    };
+    let g = |l: char| w.get(l).unwrap_or(0);
+    let (c, q, s, e) = (g('c'), g('q'), g('s'), g('e'));
+    if s > q || e > q || c > q || q > 512 * c {
+        bail!("{path} generation {seq}: walk stats inconsistent: C={c} Q={q} S={s} E={e}");
+    }
+    Ok(())
 }
 
 fn toggle_loop(sh: &Shared, rng: &mut Rng) {
@@ -604,15 +754,16 @@ fn random_knob(rng: &mut Rng) -> u64 {
     }
 }
 
-fn set_knob(sh: &Shared, knob: u64) {
-    match Mirror::open().and_then(|d| d.config(knob).context("CONFIG")) {
-        Ok(()) => sh.count("lru_mirror knob changes", 1),
-        Err(e) => sh.violation("mirror", format!("setting knob {knob:#x}: {e:#}")),
-    }
+/// The module's reference count: each open file and each registered
+/// notifier subscription holds one.
+fn mirror_refcnt() -> Result<u64> {
+    sys::read_trimmed(format!("/sys/module/{}/refcnt", lru_mirror::MODULE))?
+        .parse()
+        .context("parsing refcnt")
 }
 
-/// Batches of mirror users, the module reloaded between batches, the knob
-/// switched at random meanwhile.
+/// Batches of mirror users (each switching its device's failure knobs at
+/// random), the module reloaded between batches.
 fn mirror_loop(sh: &Shared, cg: &Memcg, o: &Opts, rng: &mut Rng) {
     while !sh.stopping() {
         let _g = sh.gate.read().unwrap();
@@ -621,7 +772,6 @@ fn mirror_loop(sh: &Shared, cg: &Memcg, o: &Opts, rng: &mut Rng) {
             sh.violation("module", format!("loading lru_mirror: {e:#}"));
             return;
         }
-        set_knob(sh, random_knob(rng));
         let n = rng.range(1, 3);
         let mut users = Vec::new();
         for _ in 0..n {
@@ -630,11 +780,7 @@ fn mirror_loop(sh: &Shared, cg: &Memcg, o: &Opts, rng: &mut Rng) {
                 Err(e) => sh.violation("child", format!("{e:#}")),
             }
         }
-        let end = Instant::now() + rng.ms(300, 2500);
-        while Instant::now() < end {
-            std::thread::sleep(rng.ms(50, 400));
-            set_knob(sh, random_knob(rng));
-        }
+        std::thread::sleep(rng.ms(300, 2500));
         for mut u in users {
             let kill = rng.chance(25);
             if kill {
@@ -643,17 +789,28 @@ fn mirror_loop(sh: &Shared, cg: &Memcg, o: &Opts, rng: &mut Rng) {
             }
             collect(sh, "mirror-user", u, Duration::from_secs(60), kill);
         }
-        // No user left: no mirror may be left either.
-        match Mirror::open().and_then(|d| d.stats()) {
-            Ok(s) if s.mapped_pages != 0 => sh.violation(
-                "teardown",
-                format!(
-                    "{} pages still mirrored after all users exited",
-                    s.mapped_pages
-                ),
-            ),
-            Ok(_) => {}
-            Err(e) => sh.violation("mirror", format!("STATS: {e:#}")),
+        // No user left: no file and no subscription may hold the module
+        // (a subscription's reference goes once its SRCU-deferred free ran).
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            match mirror_refcnt() {
+                Ok(0) => {
+                    sh.count("lru_mirror refcount back to 0 after a batch", 1);
+                    break;
+                }
+                Ok(r) if Instant::now() >= end => {
+                    sh.violation(
+                        "teardown",
+                        format!("lru_mirror refcnt {r} 10 s after all users exited"),
+                    );
+                    break;
+                }
+                Ok(_) => std::thread::sleep(Duration::from_millis(50)),
+                Err(e) => {
+                    sh.violation("mirror", format!("{e:#}"));
+                    break;
+                }
+            }
         }
         if rng.chance(70) {
             match unload_mirror() {
@@ -706,6 +863,13 @@ impl Mode {
 struct Ckpt {
     vm: TouchVm,
     mem: HostMem,
+}
+
+/// `touched` (page indices) as a map of `pages` flags.
+fn vt_of(touched: &[usize], pages: usize) -> Vec<bool> {
+    let mut v = vec![false; pages];
+    touched.iter().for_each(|&i| v[i] = true);
+    v
 }
 
 /// Pages `first, first+stride, ...` below `pages`.
@@ -799,7 +963,8 @@ fn checkpoint(sh: &Shared, ck: &mut Ckpt, cg: &Memcg, mode: Mode, rng: &mut Rng)
             } else {
                 d.fast_young
             };
-            if s < nv + fast_mirror {
+            // The guest's code page is young too, its log page is not.
+            if s < nv + fast_mirror || s > nv + fast_mirror + 8 {
                 bad.push(format!("S={s} young answers, but {nv} guest pages touched and the mirror answered {fast_mirror}"));
             }
             if d.fast_young + d.slow_young != nm {
@@ -821,28 +986,47 @@ fn checkpoint(sh: &Shared, ck: &mut Ckpt, cg: &Memcg, mode: Mode, rng: &mut Rng)
         }
     }
 
+    // Negative controls: a few untouched pages, touched through the
+    // secondary MMUs only now, after the pass.
+    let vt = vt_of(&vtouched, vpages);
+    let vctl: Vec<usize> = (0..vpages)
+        .filter(|&i| !vt[i])
+        .step_by(97)
+        .take(8)
+        .collect();
+    for &i in &vctl {
+        ck.vm.touch(0, i, 1, 1, Access::Read)?;
+    }
+    let mctl: Vec<usize> = (0..mpages)
+        .filter(|&i| !mtouched[i])
+        .step_by(53)
+        .take(8)
+        .collect();
+    for &i in &mctl {
+        dev.access(ck.mem.as_ptr() as usize + i * PAGE_SIZE, PAGE_SIZE)
+            .context("ACCESS control")?;
+    }
+    // Detach both secondary MMUs, so that eviction cannot ask them (its
+    // folio_referenced() and look-around would keep a page that is young
+    // there, hiding a page the pass missed): unmirror, and delete the
+    // memslot (KVM zaps its SPTEs). The controls show it worked: nothing
+    // promoted them, so they must be evicted.
+    dev.unmirror().context("UNMIRROR")?;
+    ck.vm.set_data_slot(false)?;
     // Evict every generation older than the pass's: a touched page the pass
     // did not promote is swapped out now.
-    lru_gen::evict(lru_id(cg)?, NID, seq - 1, 200, 1 << 30)
-        .with_context(|| format!("evicting up to generation {}", seq - 1))?;
+    let evict = lru_gen::evict(lru_id(cg)?, NID, seq - 1, 200, 1 << 30)
+        .with_context(|| format!("evicting up to generation {}", seq - 1));
+    ck.vm.set_data_slot(true)?;
+    evict?;
     let vstate = pagemap::states(ck.vm.mem.as_ptr() as usize, vpages)?;
     let mstate = pagemap::states(ck.mem.as_ptr() as usize, mpages)?;
-    let mut vt = vec![false; vpages];
-    vtouched.iter().for_each(|&i| vt[i] = true);
     let lost_v: Vec<usize> = (0..vpages)
         .filter(|&i| vt[i] && vstate[i] != PageState::Present)
         .collect();
     let lost_m: Vec<usize> = (0..mpages)
         .filter(|&i| mtouched[i] && mstate[i] != PageState::Present)
         .collect();
-    let untouched =
-        (0..vpages).filter(|&i| !vt[i]).count() + (0..mpages).filter(|&i| !mtouched[i]).count();
-    let evicted = (0..vpages)
-        .filter(|&i| !vt[i] && vstate[i] == PageState::Swapped)
-        .count()
-        + (0..mpages)
-            .filter(|&i| !mtouched[i] && mstate[i] == PageState::Swapped)
-            .count();
     if !lost_v.is_empty() || !lost_m.is_empty() {
         bad.push(format!(
             "touched but not promoted (evicted): {} of {nv} guest pages (first {:?}), {} of {nm} mirror pages (first {:?})",
@@ -852,11 +1036,34 @@ fn checkpoint(sh: &Shared, ck: &mut Ckpt, cg: &Memcg, mode: Mode, rng: &mut Rng)
             lost_m.first()
         ));
     }
-    let frac = evicted as f64 / untouched.max(1) as f64;
-    if frac < MIN_EVICTED {
-        bad.push(format!("eviction swapped out only {evicted} of {untouched} untouched pages: the check would be blind"));
+    let kept_ctl = vctl
+        .iter()
+        .filter(|&&i| vstate[i] != PageState::Swapped)
+        .count()
+        + mctl
+            .iter()
+            .filter(|&&i| mstate[i] != PageState::Swapped)
+            .count();
+    if kept_ctl != 0 {
+        bad.push(format!(
+            "{kept_ctl} of {} control pages (touched after the pass) were not evicted: the check is blind",
+            vctl.len() + mctl.len()
+        ));
     }
-    dev.unmirror().context("UNMIRROR")?;
+    // Per side: most untouched pages must have been evicted.
+    let mut evicted = 0;
+    let mut untouched = 0;
+    for (st, t) in [(&vstate, &vt), (&mstate, &mtouched)] {
+        let u = t.iter().filter(|&&x| !x).count();
+        let e = (0..t.len())
+            .filter(|&i| !t[i] && st[i] == PageState::Swapped)
+            .count();
+        if (e as f64) < MIN_EVICTED * u as f64 {
+            bad.push(format!("eviction swapped out only {e} of {u} untouched pages of one side: the check would be blind"));
+        }
+        evicted += e;
+        untouched += u;
+    }
     dev.config(0).context("CONFIG 0")?;
     println!(
         "# checkpoint ({}): {nv} guest + {nm} mirror pages touched through secondary MMUs, all promoted: {}; \
@@ -912,6 +1119,18 @@ fn kvm_vm_dirs() -> Vec<String> {
 
 const KMEMLEAK: &str = "/sys/kernel/debug/kmemleak";
 
+/// Whether lockdep still checks (it turns itself off after a report);
+/// true on kernels without lockdep.
+fn lockdep_on() -> bool {
+    match sys::read("/proc/lockdep_stats") {
+        Ok(t) => t
+            .lines()
+            .find(|l| l.trim_start().starts_with("debug_locks:"))
+            .is_none_or(|l| l.split(':').nth(1).is_some_and(|v| v.trim() != "0")),
+        Err(_) => true,
+    }
+}
+
 fn main() {
     let o = Opts::parse();
     if let Some(role) = &o.role {
@@ -935,15 +1154,25 @@ fn main() {
     if !features::exists("/dev/kvm") {
         Ktap::skip_all("no /dev/kvm");
     }
-    let caps_now = features::lru_gen_caps().unwrap_or(0);
-    if caps_now & caps::SECONDARY_MMU_WALK == 0
-        && features::set_lru_gen_caps(caps_now | caps::SECONDARY_MMU_WALK).is_err()
-    {
-        Ktap::skip_all("the kernel has no lru_gen capability 0x8 (not the series' kernel)");
-    }
+    // Everything here needs the series: skip on another kernel, fail on
+    // the series' if something is missing.
+    let has = features::has_secondary_mmu_walk().unwrap_or(false);
     let mirror_ko = module::project_module(lru_mirror::MODULE);
-    if !mirror_ko.exists() {
-        Ktap::skip_all(&format!("{} not built (make modules)", mirror_ko.display()));
+    for (ok, what) in [
+        (has, "lru_gen capability 0x8".to_string()),
+        (
+            mirror_ko.exists(),
+            format!("the lru_mirror module ({})", mirror_ko.display()),
+        ),
+    ] {
+        match features::series_feature(ok, &what) {
+            Ok(None) => {}
+            Ok(Some(why)) => Ktap::skip_all(&why),
+            Err(e) => {
+                t.fail("stress_setup", &format!("{e:#}"));
+                t.finish();
+            }
+        }
     }
     if let Err(e) = run(&o, seed, &mut t) {
         t.diag(&format!("setup failed: {e:#}"));
@@ -955,6 +1184,18 @@ fn main() {
 fn run(o: &Opts, seed: u64, t: &mut Ktap) -> Result<()> {
     let (guard, ckpt_cg) = aging::enter_sandbox(CG_CKPT)?;
     swap_on()?;
+    // A report before the run (boot: DEBUG_VM_PGTABLE, lockdep) would also
+    // switch lockdep off and make "no report" meaningless: fail at once.
+    let boot = sys::kernel_bug_lines(&sys::dmesg()?)
+        .into_iter()
+        .map(str::to_owned)
+        .collect::<Vec<_>>();
+    if !boot.is_empty() {
+        bail!("the kernel log has reports before the run: {boot:#?}");
+    }
+    if !lockdep_on() {
+        bail!("lockdep is off before the run (debug_locks 0)");
+    }
     let watch = sys::DmesgWatch::start()?;
     if features::exists(KMEMLEAK) {
         // Forget what boot left behind; report only what this run leaks.
@@ -1109,19 +1350,43 @@ fn run(o: &Opts, seed: u64, t: &mut Ktap) -> Result<()> {
         "aging passes",
         "0x8 toggles",
         "guest pattern verifications",
-        "guest host MADV_DONTNEED",
         "VMs created and destroyed",
         "churn memslot cycles",
         "mirror users",
         "lru_mirror unloads",
-        "lru_mirror knob changes",
+        "mirror knob changes",
+        "mirror pages answered failed under chaos",
+        "lru_mirror refcount back to 0 after a batch",
+        "processes killed with a live VM",
+        "processes exited with a live VM",
+        "VMs on THPs",
+        "guest host MADV_DONTNEED (vCPUs running)",
         "memory.reclaim writes",
         "guest pattern pages read back from swap",
     ];
     let missing: Vec<&str> = needed.iter().copied().filter(|k| c(k) == 0).collect();
     let passes = c("aging passes");
-    let few = (passes < o.min_passes)
-        .then(|| format!("{passes} aging passes < --min-passes {}", o.min_passes));
+    // The goal counts passes over memcgs whose pages secondary MMUs map
+    // (the guest's, the mirror users', the checkpoints'); every memcg must
+    // have been aged.
+    let secondary: u64 = [CG_GUEST, CG_MIRROR, CG_CKPT]
+        .iter()
+        .map(|n| c(&format!("aging passes on /{n}")))
+        .sum();
+    let unaged: Vec<&str> = [CG_GUEST, CG_MIRROR, CG_CHURN, CG_CKPT]
+        .into_iter()
+        .filter(|n| c(&format!("aging passes on /{n}")) == 0)
+        .collect();
+    let few = if !unaged.is_empty() {
+        Some(format!("memcgs never aged: {unaged:?}"))
+    } else {
+        (secondary < o.min_passes).then(|| {
+            format!(
+                "{secondary} aging passes over memcgs with secondary MMUs < --min-passes {}",
+                o.min_passes
+            )
+        })
+    };
     t.check(
         "chaos_ran_every_operation",
         verdict(
@@ -1168,7 +1433,10 @@ fn run(o: &Opts, seed: u64, t: &mut Ktap) -> Result<()> {
         ),
     );
     t.check("counters_consistent", verdict(vio(&["counters"]), None));
-    let bugs = watch.new_bug_lines()?;
+    let mut bugs = watch.new_bug_lines()?;
+    if !lockdep_on() {
+        bugs.push("lockdep switched itself off (debug_locks 0) during the run".into());
+    }
     let leak_lines: Vec<String> = leaks
         .lines()
         .filter(|l| l.contains("unreferenced object"))
