@@ -34,10 +34,11 @@ tests=$(grep -v -e '^#' -e '^$' "$TOP/tools/testing/selftests/kselftest-list.txt
 log "base kernel: the selftests (series-only cases skip), then lru_gen_exact_test --map-out"
 # lru_gen_stress needs the series throughout (it skips at once on base);
 # lru_gen_exact_test runs once, writing the maps.
-FLAVOR=base "$TOP/scripts/vm-run" -t 2400 -- sh -c \
-	"scripts/run-selftests $tests; r=\$?; \
-	 $bin/lru_gen_exact_test --map-out $out/base.json >$out/base-exact.ktap 2>&1 || r=1; \
-	 cat $out/base-exact.ktap; exit \$r" |
+# One string: vm-run runs it with /bin/sh.
+cmd="scripts/run-selftests $tests; r=\$?"
+cmd="$cmd; $bin/lru_gen_exact_test --map-out $out/base.json >$out/base-exact.ktap 2>&1 || r=1"
+cmd="$cmd; cat $out/base-exact.ktap; exit \$r"
+FLAVOR=base "$TOP/scripts/vm-run" -t 2400 -- "$cmd" |
 	tee "$out/base.ktap" || rc=1
 grep -q '^ok 1 exact_promotion_0x8_clear' "$out/base-exact.ktap" 2>/dev/null ||
 	{ echo "check-base: lru_gen_exact_test failed on base" >&2; rc=1; }

@@ -5,7 +5,7 @@
 #
 # usage: scripts/stress.sh [lru_gen_stress options]   e.g. --duration 5m --seed 7
 # Defaults: --duration 20m --min-passes 10000 (the latter only with the
-# default duration).  The KTAP output is kept in
+# default duration), --checkpoint-every 60s.  The KTAP output is kept in
 # results/stress-$FLAVOR.ktap; the last kernel console in the cache's logs.
 FLAVOR=${FLAVOR:-debug}
 export FLAVOR
@@ -27,6 +27,9 @@ if [ -z "$dur" ]; then
 	args+=(--duration 20m)
 	case " ${args[*]} " in *" --min-passes"*) ;; *) args+=(--min-passes 10000) ;; esac
 fi
+# Checkpoints pause this test's aging: on the (slow) debug kernel one takes
+# tens of seconds, so space them out unless asked otherwise.
+case " ${args[*]} " in *" --checkpoint-every"* | *" -c"*) ;; *) args+=(--checkpoint-every 60s) ;; esac
 [[ "$dur" =~ ^([0-9]+)([smh]?)$ ]] || die "cannot read the duration '$dur' (e.g. 90s, 20m, 1h)"
 secs=$((10#${BASH_REMATCH[1]}))
 case "${BASH_REMATCH[2]}" in m) secs=$((secs * 60)) ;; h) secs=$((secs * 3600)) ;; esac

@@ -1303,7 +1303,7 @@ fn main() {
     // lru_mirror is built on the series' Rust bindings: none on another
     // kernel (make check-base); on the series' kernel it must be there.
     let ko = module::project_module(lru_mirror::MODULE);
-    if let Ok(Some(why)) = features::series_feature(ko.exists(), "the lru_mirror module") {
+    if let Ok(Some(why)) = features::series_feature(ko.exists(), "lru_mirror module") {
         Ktap::skip_all(&why);
     }
     let mut t = Ktap::new(16);
