@@ -8,6 +8,9 @@
 # usage: scripts/bench.sh [lru_gen_bench options]   (e.g. -m 64M -v 1,2 -n 5)
 # Results: results/bench.json, results/bench-*.dat and results/bench-*.png.
 . "$(dirname "$0")/lib.sh"
+# The committed results are the default kernel's: a sanitizer or base
+# kernel's numbers must not overwrite them.
+need_default_flavor
 start=$(date +%s)
 step "deps" "$TOP/scripts/deps.sh"
 step "kernel" "$TOP/scripts/kernel.sh" build

@@ -63,7 +63,9 @@ apply_patches() {
 # The debug and base trees: worktrees of the main tree at its HEAD (the
 # series, with any local commits of the make kernel-tree workflow) or at the
 # pristine tag.  Moving one only rewrites the files that differ, so the next
-# build is incremental.
+# build is incremental.  They are the pipeline's, not for editing: a change
+# to a tracked file (check-base requires base to be the tag exactly) is
+# discarded, forcibly, on the next build; untracked build products stay.
 flavor_tree() {
 	FLAVOR=default KDIR=$MAIN_KDIR "$TOP/scripts/kernel.sh" tree
 	local want
@@ -81,10 +83,17 @@ flavor_tree() {
 		step "checking out the $FLAVOR tree into $KDIR" \
 			git -C "$MAIN_KDIR" worktree add -q -f --detach "$KDIR" "$want"
 	elif [ "$(git -C "$KDIR" rev-parse HEAD)" != "$want" ]; then
+		# -f: local changes would otherwise be carried along (or stop it).
 		step "moving the $FLAVOR tree to $(git -C "$MAIN_KDIR" log -1 --format='%h %s' "$want")" \
-			git -C "$KDIR" checkout -q --detach "$want"
+			git -C "$KDIR" checkout -q -f --detach "$want"
 	else
 		log "$FLAVOR tree up to date ($(git -C "$KDIR" log -1 --format='%h %s'))"
+	fi
+	if ! git -C "$KDIR" diff --quiet HEAD || [ -n "$(git -C "$KDIR" status --porcelain --untracked-files=no)" ]; then
+		log "WARNING: discarding changes to tracked files in $KDIR:"
+		git -C "$KDIR" status --short --untracked-files=no >&2
+		step "resetting the $FLAVOR tree to $(git -C "$KDIR" log -1 --format='%h %s')" \
+			git -C "$KDIR" reset -q --hard HEAD
 	fi
 	if [ "$FLAVOR" = debug ] && [ -n "$(git -C "$MAIN_KDIR" status --porcelain --untracked-files=no)" ]; then
 		log "WARNING: uncommitted changes in $MAIN_KDIR are not in the debug tree (it follows HEAD)"
@@ -162,6 +171,13 @@ verify_config() {
 
 config_stamp() { echo "$(git -C "$KDIR" rev-parse --absolute-git-dir)/mglru-config"; }
 
+# What the config was generated from: the fragments and the tree's commit.
+# A tree that moved (the debug tree follows the main tree's HEAD; new
+# patches, local commits) may add or change Kconfig symbols, which only a
+# full tinyconfig + fragments run sets as a fresh machine would; olddefconfig
+# alone would give them their defaults.
+config_want() { echo "$(hash_files "${FRAGMENTS[@]}") $(git -C "$KDIR" rev-parse HEAD)"; }
+
 gen_config() {
 	kmake -s rustavailable >/dev/null 2>&1 || {
 		kmake rustavailable || true
@@ -170,12 +186,12 @@ gen_config() {
 	configure_fragment "$KDIR" "${FRAGMENTS[@]}"
 	kmake -s olddefconfig >/dev/null
 	verify_config
-	hash_files "${FRAGMENTS[@]}" >"$(config_stamp)"
+	config_want >"$(config_stamp)"
 }
 
 cmd_config() {
 	cmd_tree
-	if [ -f "$KDIR/.config" ] && [ "$(cat "$(config_stamp)" 2>/dev/null)" = "$(hash_files "${FRAGMENTS[@]}")" ]; then
+	if [ -f "$KDIR/.config" ] && [ "$(cat "$(config_stamp)" 2>/dev/null)" = "$(config_want)" ]; then
 		kmake -s olddefconfig >/dev/null
 		verify_config
 		log "kernel config ($FLAVOR) up to date"

@@ -36,7 +36,8 @@ MGLRU_CACHE=${MGLRU_CACHE:-/var/cache/mglru-secondary}
 #            run / check / bench
 #   debug    the series, plus configs/debug.config (KASAN, DEBUG_VM,
 #            lockdep, PROVE_RCU, KFENCE, kmemleak, ...): make stress
-#   base     pristine 6.12.117 (no patches), default config: make check-base
+#   base     pristine 6.12.117 (no patches), configs/mglru-secondary.config
+#            + configs/base.config (only the name, -base): make check-base
 # The default tree is a git repository (tag base-6.12.117, branch mglru);
 # the others are git worktrees of it, checked out at its HEAD (debug) or at
 # the tag (base).

@@ -5,7 +5,9 @@
 #
 # usage: scripts/stress.sh [lru_gen_stress options]   e.g. --duration 5m --seed 7
 # Defaults: --duration 20m --min-passes 10000 (the latter only with the
-# default duration), --checkpoint-every 60s.  The KTAP output is kept in
+# default duration; it counts the passes that aged memory a secondary MMU
+# mapped at the time), --checkpoint-every 60s (from the end of one
+# checkpoint to the start of the next).  The KTAP output is kept in
 # results/stress-$FLAVOR.ktap; the last kernel console in the cache's logs.
 FLAVOR=${FLAVOR:-debug}
 export FLAVOR

@@ -112,9 +112,70 @@ pub fn is_series_release(rel: &str) -> bool {
     rel.contains(SERIES_LOCALVERSION)
 }
 
-/// Whether the running kernel is one of the series' builds.
-pub fn is_series_kernel() -> bool {
-    kernel_release().is_ok_and(|r| is_series_release(&r))
+/// The kernel flavour `scripts/vm-run` booted (`MGLRU_FLAVOR` in the
+/// test VM's environment), if the test runs under it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flavor {
+    /// The series (`make run`, `make check`, `make bench`).
+    Default,
+    /// The series under the kernel's sanitizers (`make stress`).
+    Debug,
+    /// Pristine 6.12.117 (`make check-base`).
+    Base,
+}
+
+/// Parses a `MGLRU_FLAVOR` value.
+pub fn parse_flavor(v: &str) -> Result<Flavor> {
+    match v {
+        "default" => Ok(Flavor::Default),
+        "debug" => Ok(Flavor::Debug),
+        "base" => Ok(Flavor::Base),
+        _ => bail!("MGLRU_FLAVOR={v:?} is not default, debug or base"),
+    }
+}
+
+/// The flavour the VM was booted with: `Ok(None)` outside `vm-run` (a
+/// user's own kernel, e.g. kselftest's `run_tests`), an error for an
+/// unknown value.
+pub fn flavor() -> Result<Option<Flavor>> {
+    match std::env::var("MGLRU_FLAVOR") {
+        Ok(v) => parse_flavor(&v).map(Some),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(e) => bail!("MGLRU_FLAVOR: {e}"),
+    }
+}
+
+/// Whether the series' interfaces must be present: always on the
+/// flavours that build the series, never on base; outside `vm-run`,
+/// when the release says it is one of the series' builds.
+pub fn expects_series(flavor: Option<Flavor>, rel: &str) -> bool {
+    match flavor {
+        Some(Flavor::Default | Flavor::Debug) => true,
+        Some(Flavor::Base) => false,
+        None => is_series_release(rel),
+    }
+}
+
+/// Whether the running kernel must have what the series adds (see
+/// [`expects_series`]); an unknown `MGLRU_FLAVOR` is an error.
+pub fn is_series_kernel() -> Result<bool> {
+    Ok(expects_series(flavor()?, &kernel_release()?))
+}
+
+/// Checks that the running kernel is the one the flavour built: the
+/// series' release (`-mglru-secondary`, `-debug` on debug) or base's
+/// (`-base`).  Outside `vm-run` only that it is one of the series' builds.
+pub fn check_kernel_matches_flavor(flavor: Option<Flavor>, rel: &str) -> Result<()> {
+    let ok = match flavor {
+        Some(Flavor::Default) => is_series_release(rel) && !rel.ends_with("-debug"),
+        Some(Flavor::Debug) => is_series_release(rel) && rel.ends_with("-debug"),
+        Some(Flavor::Base) => rel.ends_with("-base") && !is_series_release(rel),
+        None => is_series_release(rel),
+    };
+    if !ok {
+        bail!("running {rel}, which is not the {flavor:?} flavour's kernel");
+    }
+    Ok(())
 }
 
 /// Whether MGLRU capability 0x8 exists: unpatched kernels ignore unknown
@@ -136,10 +197,31 @@ pub fn series_feature(has: bool, what: &str) -> Result<Option<String>> {
         return Ok(None);
     }
     let rel = kernel_release()?;
-    if is_series_release(&rel) {
+    if expects_series(flavor()?, &rel) {
         bail!("{rel} is the series' kernel but lacks {what}");
     }
     Ok(Some(format!("{rel} is not the series' kernel: no {what}")))
+}
+
+/// Why memcg-based aging cannot be tested here, if it cannot: no
+/// multi-gen LRU, no `lru_gen` debugfs file, or no cgroup v2 memory
+/// controller.  Decided before a test's plan; once these exist, a failure
+/// to set up a memcg is a failure, not a skip.
+pub fn memcg_aging_missing() -> Option<String> {
+    if !exists(LRU_GEN_ENABLED) {
+        return Some(format!("no {LRU_GEN_ENABLED} (CONFIG_LRU_GEN)"));
+    }
+    if !exists(crate::lru_gen::LRU_GEN_DEBUGFS) {
+        return Some(format!(
+            "no {} (debugfs not mounted?)",
+            crate::lru_gen::LRU_GEN_DEBUGFS
+        ));
+    }
+    match sys::read("/sys/fs/cgroup/cgroup.controllers") {
+        Ok(c) if c.split_whitespace().any(|w| w == "memory") => None,
+        Ok(_) => Some("the cgroup v2 root has no memory controller".into()),
+        Err(e) => Some(format!("no cgroup v2 at /sys/fs/cgroup: {e:#}")),
+    }
 }
 
 /// Whether a path exists (feature files in sysfs/debugfs).
@@ -168,6 +250,42 @@ mod tests {
         assert!(is_series_release("6.12.117-mglru-secondary-debug"));
         assert!(!is_series_release("6.12.117-base"));
         assert!(!is_series_release("6.1.0-28-amd64"));
+    }
+
+    #[test]
+    fn flavors() {
+        assert_eq!(parse_flavor("default").unwrap(), Flavor::Default);
+        assert_eq!(parse_flavor("debug").unwrap(), Flavor::Debug);
+        assert_eq!(parse_flavor("base").unwrap(), Flavor::Base);
+        assert!(parse_flavor("").is_err());
+        assert!(parse_flavor("Debug").is_err());
+        // The flavour decides, not the release string: a series kernel
+        // with another LOCALVERSION must still have the series' features.
+        assert!(expects_series(Some(Flavor::Default), "6.12.117"));
+        assert!(expects_series(
+            Some(Flavor::Debug),
+            "6.12.117-mglru-secondary-debug"
+        ));
+        assert!(!expects_series(Some(Flavor::Base), "6.12.117-base"));
+        assert!(expects_series(None, "6.12.117-mglru-secondary"));
+        assert!(!expects_series(None, "6.1.0-28-amd64"));
+    }
+
+    #[test]
+    fn kernel_flavor_match() {
+        let d = Some(Flavor::Default);
+        assert!(check_kernel_matches_flavor(d, "6.12.117-mglru-secondary").is_ok());
+        assert!(check_kernel_matches_flavor(d, "6.12.117-mglru-secondary-debug").is_err());
+        assert!(check_kernel_matches_flavor(d, "6.12.117-base").is_err());
+        assert!(check_kernel_matches_flavor(d, "6.1.0-28-amd64").is_err());
+        let g = Some(Flavor::Debug);
+        assert!(check_kernel_matches_flavor(g, "6.12.117-mglru-secondary-debug").is_ok());
+        assert!(check_kernel_matches_flavor(g, "6.12.117-mglru-secondary").is_err());
+        let b = Some(Flavor::Base);
+        assert!(check_kernel_matches_flavor(b, "6.12.117-base").is_ok());
+        assert!(check_kernel_matches_flavor(b, "6.12.117-mglru-secondary").is_err());
+        assert!(check_kernel_matches_flavor(None, "6.12.117-mglru-secondary").is_ok());
+        assert!(check_kernel_matches_flavor(None, "6.1.0-28-amd64").is_err());
     }
 
     #[test]

@@ -10,6 +10,11 @@
 //! ```
 
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Whether this process printed a plan: after it, skipping the whole
+/// plan would print a second one and hide whatever went wrong.
+static PLANNED: AtomicBool = AtomicBool::new(false);
 
 /// kselftest exit codes (`tools/testing/selftests/kselftest.h`).
 pub const KSFT_PASS: i32 = 0;
@@ -40,6 +45,7 @@ fn emit(line: &str) {
 impl Ktap {
     /// Prints the KTAP header and the plan of `planned` tests.
     pub fn new(planned: usize) -> Self {
+        PLANNED.store(true, Ordering::SeqCst);
         emit("TAP version 13");
         emit(&format!("1..{planned}"));
         Self {
@@ -52,10 +58,28 @@ impl Ktap {
     }
 
     /// Prints the whole plan as skipped and exits with `KSFT_SKIP`.
+    ///
+    /// Only before [`Ktap::new`]: whether the environment has what a test
+    /// needs is decided before the plan.  Called after it, this is a bug
+    /// of the test (a set-up error turned into a skip) and fails instead.
     pub fn skip_all(reason: &str) -> ! {
+        if PLANNED.load(Ordering::SeqCst) {
+            Self::bail_out(&format!("skip after the plan was printed: {reason}"));
+        }
         emit("TAP version 13");
         emit(&format!("1..0 # SKIP {reason}"));
         std::process::exit(KSFT_SKIP)
+    }
+
+    /// Stops the run with a KTAP `Bail out!` line and exits with
+    /// `KSFT_FAIL`: for a set-up step that failed where it must work.
+    pub fn bail_out(reason: &str) -> ! {
+        if !PLANNED.swap(true, Ordering::SeqCst) {
+            emit("TAP version 13");
+            emit("1..1");
+        }
+        emit(&format!("Bail out! {reason}"));
+        std::process::exit(KSFT_FAIL)
     }
 
     /// Prints a diagnostic: each line prefixed with `# `.

@@ -180,11 +180,14 @@ pub struct HostMem {
     len: usize,
 }
 
-// SAFETY: the mapping is plain memory owned by `HostMem`; concurrent access
-// goes through raw volatile reads/writes or the guest, never through Rust
-// references.
+// SAFETY: the mapping is plain memory owned by `HostMem`, not tied to the
+// thread that made it.
 unsafe impl Send for HostMem {}
-// SAFETY: as above; `&HostMem` only hands out raw pointers and volatile reads.
+// SAFETY: through `&HostMem` the host only reads and writes the memory with
+// volatile dword accesses (`read_u32_at`, `fill`) or hands out the address
+// (for the guest, madvise, pagemap and devices, which the kernel mediates);
+// byte copies (`write_at`) need `&mut HostMem`, so two Rust threads never
+// race a non-atomic copy.
 unsafe impl Sync for HostMem {}
 
 impl HostMem {
@@ -292,8 +295,10 @@ impl HostMem {
         Ok(())
     }
 
-    /// Writes `bytes` at byte `offset` from the host side.
-    pub fn write_at(&self, offset: usize, bytes: &[u8]) -> Result<()> {
+    /// Writes `bytes` at byte `offset` from the host side (a plain copy:
+    /// `&mut self`, so no other thread of this process accesses the memory
+    /// meanwhile).
+    pub fn write_at(&mut self, offset: usize, bytes: &[u8]) -> Result<()> {
         if offset
             .checked_add(bytes.len())
             .is_none_or(|end| end > self.len)
@@ -305,7 +310,8 @@ impl HostMem {
             );
         }
         // SAFETY: in bounds (checked above) of our own mapping; nothing holds
-        // Rust references into it.
+        // Rust references into it and `&mut self` excludes the other host
+        // accessors for the duration of the copy.
         unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.ptr.add(offset), bytes.len()) };
         Ok(())
     }
@@ -687,7 +693,7 @@ impl TouchVm {
     /// The VM must come from [`TouchVm::new_with_svm`]. Overwrites the
     /// reserved pages; returns the `VMMCALL` exit's L2 RIP.
     pub fn run_nested_once(&mut self, idx: usize, marker: u32) -> Result<u64> {
-        let mem = &self.mem;
+        let mem = &mut self.mem;
         for page in 1..10 {
             mem.write_at(page * PAGE_SIZE, &[0u8; PAGE_SIZE])?;
         }

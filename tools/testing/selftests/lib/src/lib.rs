@@ -5,7 +5,8 @@
 //! crate: KTAP output ([`ktap`]), feature checks ([`features`]), cgroup v2
 //! memory-controller helpers ([`memcg`]), `/sys/kernel/debug/lru_gen` parsing
 //! and forced aging ([`lru_gen`]), a minimal KVM guest on kvm-ioctls
-//! ([`kvm`]) and timing ([`timing`]).
+//! ([`kvm`]), timing ([`timing`]) and the host-side option checks of the
+//! binaries ([`usage`]).
 
 pub mod aging;
 pub mod features;
@@ -20,5 +21,6 @@ pub mod pagemap;
 pub mod sys;
 pub mod timing;
 pub mod units;
+pub mod usage;
 
 pub use anyhow::{bail, Context, Error, Result};

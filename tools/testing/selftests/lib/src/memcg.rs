@@ -78,6 +78,17 @@ impl Memcg {
         }
     }
 
+    /// Proactive reclaim through `memory.reclaim`, telling the outcomes
+    /// apart: `Ok(true)` if the kernel reclaimed all of `bytes`, `Ok(false)`
+    /// on `EAGAIN` (it could not reclaim it all), an error otherwise.
+    pub fn try_reclaim(&self, bytes: u64) -> Result<bool> {
+        match self.write("memory.reclaim", &bytes.to_string()) {
+            Ok(()) => Ok(true),
+            Err(e) if sys::errno_of(&e) == Some(libc::EAGAIN) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The memcg id that `/sys/kernel/debug/lru_gen` uses for this group.
     pub fn lru_gen_id(&self) -> Result<u32> {
         let all = lru_gen::read()?;

@@ -38,8 +38,29 @@ pub fn errno_of(err: &anyhow::Error) -> Option<i32> {
         .and_then(|e| e.raw_os_error())
 }
 
-/// The kernel log as text (needs root: `/dev/kmsg` is read non-blocking).
-pub fn dmesg() -> Result<String> {
+/// One record of the kernel log: its sequence number and first line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KmsgRecord {
+    /// The record's sequence number (consecutive, never reused).
+    pub seq: u64,
+    /// The message (continuation lines dropped).
+    pub msg: String,
+}
+
+/// Parses one `/dev/kmsg` record: `prio,seq,usec,flags[,...];message\n`
+/// followed by ` KEY=value` continuation lines.
+pub fn parse_kmsg_record(rec: &str) -> Option<KmsgRecord> {
+    let (head, msg) = rec.split_once(';')?;
+    let seq = head.split(',').nth(1)?.parse().ok()?;
+    Some(KmsgRecord {
+        seq,
+        msg: msg.lines().next().unwrap_or("").to_owned(),
+    })
+}
+
+/// The kernel log's records still in the ring buffer, oldest first (needs
+/// root: `/dev/kmsg` is read non-blocking).
+pub fn kmsg_records() -> Result<Vec<KmsgRecord>> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = fs::OpenOptions::new()
@@ -47,26 +68,29 @@ pub fn dmesg() -> Result<String> {
         .custom_flags(libc::O_NONBLOCK)
         .open("/dev/kmsg")
         .context("opening /dev/kmsg")?;
-    let mut out = String::new();
+    let mut out = Vec::new();
     let mut buf = vec![0u8; 8192];
     loop {
         match f.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => {
-                let rec = String::from_utf8_lossy(&buf[..n]);
-                // "prio,seq,usec,flags;message\n continuation..."
-                if let Some((_, msg)) = rec.split_once(';') {
-                    out.push_str(msg.lines().next().unwrap_or(""));
-                    out.push('\n');
+                if let Some(r) = parse_kmsg_record(&String::from_utf8_lossy(&buf[..n])) {
+                    out.push(r);
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-            // A record overwritten while reading: skip it.
+            // Records overwritten while reading: the next read returns the
+            // oldest one left (the gap shows in the sequence numbers).
             Err(e) if e.raw_os_error() == Some(libc::EPIPE) => continue,
             Err(e) => return Err(e).context("reading /dev/kmsg"),
         }
     }
     Ok(out)
+}
+
+/// The kernel log as text, one record a line.
+pub fn dmesg() -> Result<String> {
+    Ok(kmsg_records()?.into_iter().map(|r| r.msg + "\n").collect())
 }
 
 /// Lines of a kernel log that indicate a kernel bug: warnings, BUGs, oopses,
@@ -103,27 +127,43 @@ pub fn kernel_bug_lines(log: &str) -> Vec<&str> {
         .collect()
 }
 
-/// Remembers how far the kernel log went, to check later that a test added
-/// no kernel warnings.
+/// Remembers how far the kernel log went (by sequence number), to check
+/// later that a test added no kernel warnings.
 pub struct DmesgWatch {
-    seen: usize,
+    next_seq: u64,
+}
+
+/// The records of `log` from sequence number `from` on; an error if some
+/// of them already left the ring buffer (the check would be blind).
+pub fn records_since(log: Vec<KmsgRecord>, from: u64) -> Result<Vec<KmsgRecord>> {
+    if let Some(first) = log.first() {
+        if first.seq > from {
+            anyhow::bail!(
+                "kernel log records {from}..{} were overwritten before they were read \
+                 (ring buffer too small for this test: raise log_buf_len)",
+                first.seq
+            );
+        }
+    }
+    Ok(log.into_iter().filter(|r| r.seq >= from).collect())
 }
 
 impl DmesgWatch {
     /// Starts watching from the current end of the log.
     pub fn start() -> Result<Self> {
+        let log = kmsg_records()?;
         Ok(Self {
-            seen: dmesg()?.lines().count(),
+            next_seq: log.last().map_or(0, |r| r.seq + 1),
         })
     }
 
     /// The warning/BUG lines logged since [`DmesgWatch::start`].
     pub fn new_bug_lines(&self) -> Result<Vec<String>> {
-        let log = dmesg()?;
-        let new: String = log.lines().skip(self.seen).collect::<Vec<_>>().join("\n");
-        Ok(kernel_bug_lines(&new)
+        let new = records_since(kmsg_records()?, self.next_seq)?;
+        Ok(new
             .into_iter()
-            .map(str::to_owned)
+            .filter(|r| !kernel_bug_lines(&r.msg).is_empty())
+            .map(|r| r.msg)
             .collect())
     }
 
@@ -218,5 +258,37 @@ mod tests {
         let log = "ok line\nWARNING: CPU: 0 PID: 1 at mm/vmscan.c:1 foo\nfine\nBUG: KASAN: x\n";
         assert_eq!(kernel_bug_lines(log).len(), 2);
         assert!(kernel_bug_lines("all quiet\nkvm: loaded\n").is_empty());
+    }
+
+    #[test]
+    fn kmsg_records_parsed() {
+        let r = parse_kmsg_record("6,1234,5678901,-;kvm: loaded\n SUBSYSTEM=x\n").unwrap();
+        assert_eq!(r.seq, 1234);
+        assert_eq!(r.msg, "kvm: loaded");
+        // Newer kernels append fields after the flags.
+        let r = parse_kmsg_record("4,7,1,c,caller=T1;WARNING: at x\n").unwrap();
+        assert_eq!((r.seq, r.msg.as_str()), (7, "WARNING: at x"));
+        assert!(parse_kmsg_record("no separator").is_none());
+        assert!(parse_kmsg_record("6,x,1,-;msg").is_none());
+        assert!(parse_kmsg_record("6;msg").is_none());
+    }
+
+    fn rec(seq: u64, msg: &str) -> KmsgRecord {
+        KmsgRecord {
+            seq,
+            msg: msg.into(),
+        }
+    }
+
+    #[test]
+    fn records_since_detects_lost_records() {
+        let log = vec![rec(10, "a"), rec(11, "b"), rec(12, "c")];
+        let got = records_since(log.clone(), 11).unwrap();
+        assert_eq!(got, vec![rec(11, "b"), rec(12, "c")]);
+        assert!(records_since(log.clone(), 13).unwrap().is_empty());
+        assert_eq!(records_since(log.clone(), 10).unwrap().len(), 3);
+        // Record 9 was logged after start() but overwritten since.
+        assert!(records_since(log, 9).is_err());
+        assert!(records_since(vec![], 5).unwrap().is_empty());
     }
 }

@@ -704,12 +704,9 @@ fn write_json(o: &Opts, r: &Results, path: &PathBuf) -> Result<()> {
         .with_context(|| format!("writing {}", path.display()))
 }
 
-/// Skips (with the reason) where fast-only aging is not guaranteed; fails
-/// on this project's kernel if it lacks what the series provides.
-/// `Ok(None)` on the series' kernel (0x8 works), `Ok(Some(reason))` on a
-/// kernel without the series (`make check-base`): only the 0x8-clear cases
-/// run there.
-fn gate() -> Result<Option<String>> {
+/// Skips (with the reason, before the plan) where fast-only aging is not
+/// guaranteed: no KVM, not the TDP MMU, no memcg aging.
+fn environment() {
     if !features::exists("/dev/kvm") {
         Ktap::skip_all("no /dev/kvm");
     }
@@ -720,18 +717,19 @@ fn gate() -> Result<Option<String>> {
         )),
         None => Ktap::skip_all("kvm.tdp_mmu unknown (not x86 KVM): fast-only aging not guaranteed"),
     }
+    if let Some(why) = features::memcg_aging_missing() {
+        Ktap::skip_all(&why);
+    }
+}
+
+/// `Ok(None)` on the series' kernel (`y` sets 0x8), `Ok(Some(reason))` on
+/// a kernel without the series (`make check-base`): only the 0x8-clear
+/// cases run there; an error if a series kernel lacks it.
+fn gate() -> Result<Option<String>> {
     features::write_lru_gen_enabled("y")?;
     let c = features::lru_gen_caps()?;
-    if c & caps::SECONDARY_MMU_WALK == 0 {
-        let rel = features::kernel_release()?;
-        if !features::is_series_release(&rel) {
-            return Ok(Some(format!(
-                "kernel {rel} is not the series': no lru_gen capability 0x8"
-            )));
-        }
-        bail!("\"y\" gave caps 0x{c:04x}, without 0x8, on {rel}");
-    }
-    Ok(None)
+    features::series_feature(c & caps::SECONDARY_MMU_WALK != 0, "lru_gen capability 0x8")
+        .with_context(|| format!("\"y\" gave caps 0x{c:04x}"))
 }
 
 fn main() {
@@ -743,12 +741,13 @@ fn main() {
         }
     }
     o.validate();
+    environment();
 
     let planned = if o.perf { 5 } else { 9 };
     let mut t = Ktap::new(planned);
     let (guard, cg) = match aging::enter_sandbox(MEMCG) {
         Ok(v) => v,
-        Err(e) => Ktap::skip_all(&format!("no memcg/lru_gen to test with: {e:#}")),
+        Err(e) => Ktap::bail_out(&format!("setting up the memcg sandbox: {e:#}")),
     };
     let watch = sys::DmesgWatch::start().ok();
     // On a kernel without the series, only what 6.12 has runs.

@@ -15,8 +15,10 @@
 //!   between batches of users, and its failure knobs switched at random;
 //! - proactive reclaim (`memory.reclaim`) on top of the `memory.high` limits.
 //!
-//! At quiet checkpoints (the chaos threads of this process pause; the child
-//! processes keep running in their own memcgs) it checks, page by page,
+//! At quiet checkpoints (the chaos threads of this process pause, the
+//! mirror thread only between batches of users, so no mirror user runs
+//! during one; the guest and churn children keep running in their own
+//! memcgs) it checks, page by page,
 //! that what was touched only through a secondary MMU since the last pass
 //! is promoted by the next one: after the pass it evicts every older
 //! generation and reads `/proc/self/pagemap`, so a page the pass missed is
@@ -29,12 +31,14 @@
 //!
 //! The child processes are this binary again (`--role`); they report
 //! `COUNT name n` and `VIOLATION kind: text` lines on stdout and stop when
-//! their stdin closes.
+//! their stdin closes. The guest and the mirror users first print `READY`
+//! once a secondary MMU maps their memory (for the count of passes that
+//! aged memory some secondary MMU mapped).
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use mglru_selftest::aging::{self, NID};
-use mglru_selftest::features::{self, caps};
+use mglru_selftest::features::{self, caps, Flavor};
 use mglru_selftest::ktap::Ktap;
 use mglru_selftest::kvm::{Access, Backing, HostMem, TouchVm, PAGE_SIZE};
 use mglru_selftest::lru_mirror::{self, Mirror};
@@ -46,7 +50,7 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -63,9 +67,38 @@ const USER_MEM: usize = 4 << 20;
 const CHURN_VM: usize = 4 << 20;
 /// Where the guest child moves its data memslot to and back.
 const MOVED_GPA: u64 = 0x4000_0000;
-/// Least fraction of untouched checkpoint pages the eviction must swap out
-/// for the page-exact check to mean something.
-const MIN_EVICTED: f64 = 0.5;
+/// Least number of checkpoint mirror pages left untouched (the eviction
+/// and control checks need some on each side).
+const MIN_UNTOUCHED: usize = 16;
+/// How often the checkpoint retries `MIRROR`/`ACCESS` on `EAGAIN`.
+const EAGAIN_TRIES: u32 = 20;
+/// KVM's debugfs directory: one `<pid>-<fd>` directory per VM.
+const KVM_DEBUGFS: &str = "/sys/kernel/debug/kvm";
+/// What x86's generic KASAN prints at boot (arch/x86/mm/kasan_init_64.c).
+const KASAN_BANNER: &str = "KernelAddressSanitizer initialized";
+const LOCKDEP_STATS: &str = "/proc/lockdep_stats";
+/// The first stdout line of a child whose secondary MMU maps its memory.
+const READY: &str = "READY";
+/// How long a child may take to get ready.
+const READY_WAIT: Duration = Duration::from_secs(300);
+
+/// The KTAP cases, in order, and the kinds of violation each one fails on
+/// (a kind no case lists fails `chaos_ran_every_operation`).
+const CASES: [(&str, &[&str]); 7] = [
+    (
+        "chaos_ran_every_operation",
+        &["aging", "toggle", "reclaim", "module", "mirror", "child"],
+    ),
+    (
+        "secondary_only_pages_promoted_at_checkpoints",
+        &["checkpoint"],
+    ),
+    ("fallback_loses_no_accessed_state", &["fallback"]),
+    ("guest_data_intact_across_swap", &["integrity"]),
+    ("counters_consistent", &["counters"]),
+    ("no_kernel_reports", &[]),
+    ("teardown_complete", &["teardown"]),
+];
 
 #[derive(Parser, Debug)]
 #[command(about = "MGLRU aging under chaos (KVM, lru_mirror, swap, 0x8 toggling) with invariants")]
@@ -132,15 +165,41 @@ struct Tally {
     violations: Vec<(String, String)>,
 }
 
+/// Whether a secondary MMU maps a memcg's pages now: bit 0 the state, the
+/// rest counts the changes, so two equal odd snapshots mean "mapped all
+/// the time in between" (one load per snapshot, no lock).
+#[derive(Default)]
+struct Live(AtomicU64);
+
+impl Live {
+    fn set(&self, on: bool) {
+        let _ = self
+            .0
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |s| {
+                ((s & 1 == 1) != on).then_some(s + 1)
+            });
+    }
+    fn snap(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
 /// State shared by the orchestrator's threads.
 struct Shared {
     stop: AtomicBool,
-    /// Chaos threads hold it for reading around each operation; a
-    /// checkpoint holds it for writing.
+    /// Chaos threads hold it for reading around each operation (the mirror
+    /// thread around a whole batch of users); a checkpoint holds it for
+    /// writing.
     gate: RwLock<()>,
     /// Serializes loading/unloading `lru_mirror` and the knob.
     module: Mutex<()>,
     tally: Mutex<Tally>,
+    /// Secondary MMUs mapping the guest's memcg (from the guest's `READY`
+    /// on), the mirror users' (while a batch of users is mirrored) and the
+    /// checkpoints' (the checkpoint VM, between checkpoints).
+    guest_live: Live,
+    mirror_live: Live,
+    ckpt_live: Live,
 }
 
 impl Shared {
@@ -205,6 +264,14 @@ impl ChildCtx {
     fn count(&mut self, what: &'static str, n: u64) {
         *self.counts.entry(what).or_default() += n;
     }
+    /// Tells the parent (first stdout line) that a secondary MMU maps this
+    /// child's memory now.
+    fn ready(&self) {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{READY}");
+        let _ = out.flush();
+    }
     /// Prints the counts so far (cumulative: the parent keeps the last
     /// value of each, so a child killed later still reported them).
     fn report(&self) {
@@ -230,6 +297,10 @@ fn role_guest(seed: u64, mem: usize) -> Result<()> {
         round += 1;
         let pseed = round.wrapping_mul(0x0101_0000) | 1;
         vm.touch_with(2, 0, pat, Access::Pattern(pseed))?;
+        if round == 1 {
+            // KVM maps the pattern half now.
+            cx.ready();
+        }
         cx.count("guest pattern writes", 1);
         // Let reclaim push pattern pages out while the rest churns: the
         // host discards parts of the other half while the vCPUs write it
@@ -403,10 +474,11 @@ fn role_vm_exit(until_killed: bool) -> Result<()> {
 }
 
 /// One `lru_mirror` user: mirror, access through the device, discard and
-/// touch on the host, then leave one of three ways.
+/// touch on the host until its stdin closes (the parent collects its
+/// batch), then leave one of three ways.
 fn role_mirror_user(seed: u64) -> Result<()> {
     let mut cx = ChildCtx::new(seed);
-    let mem = HostMem::new(USER_MEM, Backing::Anon4k)?;
+    let mut mem = HostMem::new(USER_MEM, Backing::Anon4k)?;
     let pages = mem.pages();
     mem.fill(0x6d69_7272);
     let dev = Mirror::open()?;
@@ -434,9 +506,9 @@ fn role_mirror_user(seed: u64) -> Result<()> {
         Ok(()) => cx.count("mirror knob changes", 1),
         Err(e) => println!("VIOLATION mirror: CONFIG {knob:#x} failed: {e}"),
     }
-    let end = Instant::now() + cx.rng.ms(300, 2000);
+    cx.ready();
     let mut last = dev.stats()?;
-    while Instant::now() < end && !cx.stopping() {
+    while !cx.stopping() {
         let len = cx.rng.range(1, pages as u64 / 2) as usize;
         let first = cx.rng.range(0, (pages - len) as u64) as usize;
         let addr = mem.as_ptr() as usize + first * PAGE_SIZE;
@@ -478,7 +550,10 @@ fn role_mirror_user(seed: u64) -> Result<()> {
     let s = dev.stats()?;
     cx.count("mirror pages asked fast-only under chaos", s.fast_pages);
     cx.count("mirror pages answered failed under chaos", s.fast_failed);
-    cx.count("mirror fallback young answers under chaos", s.slow_young);
+    cx.count(
+        "mirror clear_young() young answers under chaos",
+        s.slow_young,
+    );
     match cx.rng.range(0, 2) {
         0 => {
             dev.unmirror().context("UNMIRROR")?;
@@ -571,13 +646,83 @@ fn spawn_child(role: &str, cg: &Memcg, seed: u64, o: &Opts) -> Result<Child> {
     child
 }
 
+/// A child process and what [`wait_ready`] read of its stdout before its
+/// `READY` line (for [`collect`]).
+struct Kid {
+    child: Child,
+    early: String,
+}
+
+impl Kid {
+    fn new(child: Child) -> Self {
+        Self {
+            child,
+            early: String::new(),
+        }
+    }
+}
+
+/// Waits up to `wait_for` for the child's `READY` line (unbuffered: the
+/// rest of its stdout stays for [`collect`]); whether it came. A child that
+/// does not get ready in time is killed (a violation).
+fn wait_ready(sh: &Shared, role: &str, kid: &mut Kid, wait_for: Duration) -> bool {
+    let Some(mut out) = kid.child.stdout.take() else {
+        return false;
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut early = String::new();
+        let mut line = Vec::new();
+        let mut b = [0u8; 1];
+        let ready = loop {
+            match out.read(&mut b) {
+                Ok(1) if b[0] == b'\n' => {
+                    let l = String::from_utf8_lossy(&line).into_owned();
+                    line.clear();
+                    if l == READY {
+                        break true;
+                    }
+                    early.push_str(&l);
+                    early.push('\n');
+                }
+                Ok(1) => line.push(b[0]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                // EOF: the child exited (or was killed) without READY.
+                _ => break false,
+            }
+        };
+        early.push_str(&String::from_utf8_lossy(&line));
+        let _ = tx.send((out, early, ready));
+    });
+    let r = match rx.recv_timeout(wait_for) {
+        Ok(r) => Some(r),
+        Err(_) => {
+            let _ = kid.child.kill();
+            sh.violation(
+                "child",
+                format!("{role} child not ready (no {READY}) in {wait_for:?}; killed"),
+            );
+            rx.recv().ok()
+        }
+    };
+    match r {
+        Some((out, early, ready)) => {
+            kid.child.stdout = Some(out);
+            kid.early = early;
+            ready
+        }
+        None => false,
+    }
+}
+
 /// Collects a finished (or stopped) child's report into the tally; `killed`:
 /// the caller sent it SIGKILL, so that is how it may end.
-fn collect(sh: &Shared, role: &str, mut child: Child, wait_for: Duration, killed: bool) {
+fn collect(sh: &Shared, role: &str, kid: Kid, wait_for: Duration, killed: bool) {
+    let Kid { mut child, early } = kid;
     drop(child.stdin.take());
     let out = child.stdout.take();
     let reader = std::thread::spawn(move || {
-        let mut text = String::new();
+        let mut text = early;
         if let Some(mut o) = out {
             let _ = o.read_to_string(&mut text);
         }
@@ -639,33 +784,56 @@ fn lru_id(cg: &Memcg) -> Result<u32> {
 /// ours was a no-op). Passes are counted from what it reads back: how far
 /// `max_seq` moved, by this thread or by reclaim. Every 16th read checks the
 /// walk stats of the generation the last pass filled.
-fn aging_loop(sh: &Shared, path: &str, id: u32) {
+///
+/// With `live`: the passes between two reads also count as "with a
+/// secondary MMU mapping the memcg" if it was mapped all that time (the
+/// same odd [`Live`] snapshot before the first read and after the second);
+/// a change of `live` forces a read, so that little is lost at the edges.
+fn aging_loop(sh: &Shared, path: &str, id: u32, live: Option<&Live>) {
     let read_max = || -> Result<u64> {
         lru_gen::read()
             .and_then(|all| lru_gen::lruvec_in(&all, path, NID).map(|(_, n)| n.max_seq()))?
             .context("no generations")
     };
+    let snap = || live.map(Live::snap);
     let mut errors = 0;
     let mut reads = 0u64;
     let (mut seen, mut next) = (None::<u64>, 0u64);
+    // The `live` snapshot taken before the read that gave `seen`.
+    let mut from = None::<u64>;
     let mut since_read = 0;
     while !sh.stopping() {
         let _g = sh.gate.read().unwrap();
+        if live.is_some() && snap() != from {
+            since_read = 8;
+        }
         if seen.is_none() || since_read >= 8 {
+            let before = snap();
             match read_max() {
                 Ok(m) => {
                     if let Some(old) = seen {
                         let moved = m.saturating_sub(old);
                         sh.count("aging passes", moved);
                         sh.count(&format!("aging passes on {path}"), moved);
+                        if let (Some(a), Some(b)) = (from, snap()) {
+                            if a == b && a & 1 == 1 {
+                                sh.count(
+                                    &format!("aging passes on {path}, secondary MMU mapped"),
+                                    moved,
+                                );
+                            }
+                        }
                     }
                     reads += 1;
                     if reads.is_multiple_of(16) && m > 0 {
-                        if let Err(e) = walk_stats_consistent(path, m - 1) {
-                            sh.violation("counters", format!("{e:#}"));
+                        match walk_stats_consistent(path, m - 1) {
+                            Ok(true) => sh.count("walk-stat checks", 1),
+                            Ok(false) => {}
+                            Err(e) => sh.violation("counters", format!("{e:#}")),
                         }
                     }
                     seen = Some(m);
+                    from = before;
                     next = m;
                     since_read = 0;
                 }
@@ -701,17 +869,31 @@ fn aging_loop(sh: &Shared, path: &str, id: u32) {
 
 /// The fast-only counters of generation `seq` of `path`: answers within
 /// questions, at most 512 pages per call (`LRU_GEN_SECONDARY_BATCH`).
-fn walk_stats_consistent(path: &str, seq: u64) -> Result<()> {
+/// `Ok(false)`: nothing to check, the generation is gone (aged out). The
+/// series' kernel prints `C`, `Q`, `S` and `E` for every generation but the
+/// youngest (with `LRU_GEN_STATS`, in both flavours; 0 while 0x8 is off),
+/// so a listed generation without them is an error.
+fn walk_stats_consistent(path: &str, seq: u64) -> Result<bool> {
     let node = lru_gen::node_full_of(path, NID)?;
-    let Some(w) = node.gen(seq).and_then(|g| g.walk.clone()) else {
-        return Ok(()); // already gone (aged out)
+    let Some(g) = node.gen(seq) else {
+        return Ok(false);
     };
-    let g = |l: char| w.get(l).unwrap_or(0);
-    let (c, q, s, e) = (g('c'), g('q'), g('s'), g('e'));
+    let (c, q, s, e) = walk_cqse(g.walk.as_ref())
+        .with_context(|| format!("{path} generation {seq} (max_seq {:?})", node.max_seq()))?;
     if s > q || e > q || c > q || q > 512 * c {
         bail!("{path} generation {seq}: walk stats inconsistent: C={c} Q={q} S={s} E={e}");
     }
-    Ok(())
+    Ok(true)
+}
+
+/// The `C`, `Q`, `S` and `E` walk stats of a generation; an error if any
+/// is missing.
+fn walk_cqse(w: Option<&lru_gen::WalkStats>) -> Result<(u64, u64, u64, u64)> {
+    let g = |l: char| {
+        w.and_then(|w| w.get(l))
+            .with_context(|| format!("lru_gen_full lacks walk stat {l:?}: {w:?}"))
+    };
+    Ok((g('c')?, g('q')?, g('s')?, g('e')?))
 }
 
 fn toggle_loop(sh: &Shared, rng: &mut Rng) {
@@ -732,8 +914,9 @@ fn reclaim_loop(sh: &Shared, cgs: &[&Memcg], rng: &mut Rng) {
         sh.sleep(rng.ms(200, 1500));
         let _g = sh.gate.read().unwrap();
         let cg = cgs[rng.range(0, cgs.len() as u64 - 1) as usize];
-        match cg.reclaim(rng.range(1, 8) << 20) {
-            Ok(()) => sh.count("memory.reclaim writes", 1),
+        match cg.try_reclaim(rng.range(1, 8) << 20) {
+            Ok(true) => sh.count("memory.reclaim writes: all reclaimed", 1),
+            Ok(false) => sh.count("memory.reclaim writes: EAGAIN (not all reclaimed)", 1),
             Err(e) => sh.violation("reclaim", format!("{}: {e:#}", cg.path())),
         }
     }
@@ -802,15 +985,24 @@ fn mirror_loop(sh: &Shared, cg: &Memcg, o: &Opts, rng: &mut Rng) {
         let mut users = Vec::new();
         for _ in 0..n {
             match spawn_child("mirror-user", cg, rng.next(), o) {
-                Ok(c) => users.push(c),
+                Ok(c) => users.push(Kid::new(c)),
                 Err(e) => sh.violation("child", format!("{e:#}")),
             }
         }
+        // Each user mirrors before it says READY and keeps its mirror until
+        // it is collected: the memcg counts as mapped once all users got
+        // ready (if one did), until the first is collected.
+        let mut ready = false;
+        for u in &mut users {
+            ready |= wait_ready(sh, "mirror-user", u, READY_WAIT);
+        }
+        sh.mirror_live.set(ready);
         std::thread::sleep(rng.ms(300, 2500));
+        sh.mirror_live.set(false);
         for mut u in users {
             let kill = rng.chance(25);
             if kill {
-                let _ = u.kill();
+                let _ = u.child.kill();
                 sh.count("mirror users killed", 1);
             }
             // Generous: under memory.high a debug kernel throttles hard.
@@ -904,8 +1096,68 @@ fn strided(first: usize, stride: usize, pages: usize) -> Vec<usize> {
     (first..pages).step_by(stride).collect()
 }
 
+/// Retries `f` while it fails with `EAGAIN` (an invalidation raced with
+/// `MIRROR`'s fault-in), at most [`EAGAIN_TRIES`] times, as the mirror
+/// users do.
+fn retry_eagain<T>(mut f: impl FnMut() -> std::io::Result<T>) -> std::io::Result<T> {
+    let mut tries = 0;
+    loop {
+        match f() {
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) && tries < EAGAIN_TRIES => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            r => return r,
+        }
+    }
+}
+
+/// `ACCESS` of `pages` pages from `addr` through the checkpoint's device,
+/// which must reach every one of them: the touched set is what the device
+/// accessed, so a page the mirror lost (an invalidation) is an error, not a
+/// page the pass may miss.
+fn access_all(dev: &Mirror, addr: usize, pages: usize, what: &str) -> Result<()> {
+    let n = retry_eagain(|| dev.access(addr, pages * PAGE_SIZE))
+        .with_context(|| format!("ACCESS {what}"))?;
+    if n != pages as u64 {
+        bail!("ACCESS {what}: the device accessed {n} of {pages} pages (the mirror lost some)");
+    }
+    Ok(())
+}
+
+/// Ranges `(first, len)` of the mirror's `pages` pages for the checkpoint
+/// to access: 1-6 random ranges of up to a quarter each, drawn again in
+/// the rare case that they leave fewer than [`MIN_UNTOUCHED`] pages alone.
+fn mirror_ranges(pages: usize, rng: &mut Rng) -> (Vec<(usize, usize)>, Vec<bool>) {
+    loop {
+        let mut touched = vec![false; pages];
+        let ranges: Vec<(usize, usize)> = (0..rng.range(1, 6))
+            .map(|_| {
+                let len = rng.range(1, pages as u64 / 4) as usize;
+                let first = rng.range(0, (pages - len) as u64) as usize;
+                touched[first..first + len].fill(true);
+                (first, len)
+            })
+            .collect();
+        if touched.iter().filter(|&&t| !t).count() >= MIN_UNTOUCHED {
+            return (ranges, touched);
+        }
+    }
+}
+
+/// Faults the checkpoint VM's memory back in through its vCPU, so that KVM
+/// maps the checkpoint memcg between checkpoints too (its aging loop then
+/// ages memory a secondary MMU maps).
+fn ckpt_map(sh: &Shared, ck: &mut Ckpt) -> Result<()> {
+    let pages = ck.vm.mem.pages();
+    ck.vm.touch_all(0, pages, Access::Write(0x636b))?;
+    sh.ckpt_live.set(true);
+    Ok(())
+}
+
 fn checkpoint(sh: &Shared, ck: &mut Ckpt, cg: &Memcg, mode: Mode, rng: &mut Rng) -> Result<()> {
     let started = Instant::now();
+    sh.ckpt_live.set(false);
     let _m = sh.module.lock().unwrap();
     ensure_loaded(sh)?;
     let dev = Mirror::open()?;
@@ -925,12 +1177,11 @@ fn checkpoint(sh: &Shared, ck: &mut Ckpt, cg: &Memcg, mode: Mode, rng: &mut Rng)
     // Everything present and mapped by both secondary MMUs (this faults back
     // what the last checkpoint evicted), then everything old.
     let (vpages, mpages) = (ck.vm.mem.pages(), ck.mem.pages());
+    let maddr = ck.mem.as_ptr() as usize;
     ck.mem.fill(0x636b_7074);
     ck.vm.touch_all(0, vpages, Access::Write(0x636b))?;
-    dev.mirror(ck.mem.as_ptr() as usize, ck.mem.len(), 0)
-        .context("MIRROR")?;
-    dev.access(ck.mem.as_ptr() as usize, ck.mem.len())
-        .context("ACCESS all")?;
+    retry_eagain(|| dev.mirror(maddr, ck.mem.len(), 0)).context("MIRROR")?;
+    access_all(&dev, maddr, mpages, "all")?;
     sys::drain_lru_batches()?;
     aging::age_once(cg)?;
     aging::age_once(cg)?;
@@ -941,18 +1192,9 @@ fn checkpoint(sh: &Shared, ck: &mut Ckpt, cg: &Memcg, mode: Mode, rng: &mut Rng)
     let vtouched = strided(vfirst, vstride, vpages);
     ck.vm
         .touch(0, vfirst, vtouched.len(), vstride, Access::Read)?;
-    let mut mtouched = vec![false; mpages];
-    for _ in 0..rng.range(1, 6) {
-        let len = rng.range(1, mpages as u64 / 4) as usize;
-        let first = rng.range(0, (mpages - len) as u64) as usize;
-        dev.access(
-            ck.mem.as_ptr() as usize + first * PAGE_SIZE,
-            len * PAGE_SIZE,
-        )
-        .context("ACCESS subset")?;
-        mtouched[first..first + len]
-            .iter_mut()
-            .for_each(|t| *t = true);
+    let (ranges, mtouched) = mirror_ranges(mpages, rng);
+    for &(first, len) in &ranges {
+        access_all(&dev, maddr + first * PAGE_SIZE, len, "subset")?;
     }
     let nm = mtouched.iter().filter(|&&t| t).count() as u64;
 
@@ -960,12 +1202,14 @@ fn checkpoint(sh: &Shared, ck: &mut Ckpt, cg: &Memcg, mode: Mode, rng: &mut Rng)
     let before = dev.stats()?;
     let (seq, _) = aging::age_once(cg)?;
     let d = dev.stats()?.since(&before);
-    let walk = lru_gen::node_full_of(&cg.path(), NID)?
+    sh.count("aging passes in checkpoints", 3);
+    let node = lru_gen::node_full_of(&cg.path(), NID)?;
+    let walk = node
         .gen(seq)
-        .and_then(|g| g.walk.clone())
-        .unwrap_or_default();
-    let stat = |l: char| walk.get(l).unwrap_or(0);
-    let (c, q, s, e) = (stat('c'), stat('q'), stat('s'), stat('e'));
+        .with_context(|| format!("generation {seq} of the measured pass is not listed"))?
+        .walk
+        .as_ref();
+    let (c, q, s, e) = walk_cqse(walk).with_context(|| format!("generation {seq}"))?;
     let nv = vtouched.len() as u64;
     let mut bad = Vec::new();
     match mode {
@@ -1002,9 +1246,24 @@ fn checkpoint(sh: &Shared, ck: &mut Ckpt, cg: &Memcg, mode: Mode, rng: &mut Rng)
                 ));
             }
             if mode == Mode::FailAll
-                && (d.fast_young != 0 || d.fast_failed != d.fast_pages || d.fast_pages == 0)
+                && (d.fast_young != 0
+                    || d.fast_failed != d.fast_pages
+                    || d.fast_pages == 0
+                    || e == 0)
             {
-                bad.push(format!("FAIL_FAST: the mirror answered: {d:?}"));
+                bad.push(format!("FAIL_FAST: the mirror answered: E={e}, {d:?}"));
+            }
+            if let Mode::FailAfter(k) = mode {
+                // The mirror answers the first k pages it is asked of each
+                // call and fails the rest: at least asked - calls * k.
+                let least = d.fast_pages.saturating_sub(d.fast_calls * u64::from(k));
+                if e == 0 || d.fast_failed == 0 || d.fast_failed < least {
+                    bad.push(format!(
+                        "FAIL_AFTER {k}: E={e}, the mirror failed {} pages, at least {least} \
+                         (> 0) expected: {d:?}",
+                        d.fast_failed
+                    ));
+                }
             }
             if mode == Mode::On && d.slow_young != 0 {
                 bad.push(format!(
@@ -1031,8 +1290,14 @@ fn checkpoint(sh: &Shared, ck: &mut Ckpt, cg: &Memcg, mode: Mode, rng: &mut Rng)
         .take(8)
         .collect();
     for &i in &mctl {
-        dev.access(ck.mem.as_ptr() as usize + i * PAGE_SIZE, PAGE_SIZE)
-            .context("ACCESS control")?;
+        access_all(&dev, maddr + i * PAGE_SIZE, 1, "control")?;
+    }
+    if vctl.is_empty() || mctl.is_empty() {
+        bad.push(format!(
+            "{} guest and {} mirror control pages: each side needs one",
+            vctl.len(),
+            mctl.len()
+        ));
     }
     // Detach both secondary MMUs, so that eviction cannot ask them (its
     // folio_referenced() and look-around would keep a page that is young
@@ -1048,7 +1313,7 @@ fn checkpoint(sh: &Shared, ck: &mut Ckpt, cg: &Memcg, mode: Mode, rng: &mut Rng)
     ck.vm.set_data_slot(true)?;
     evict?;
     let vstate = pagemap::states(ck.vm.mem.as_ptr() as usize, vpages)?;
-    let mstate = pagemap::states(ck.mem.as_ptr() as usize, mpages)?;
+    let mstate = pagemap::states(maddr, mpages)?;
     let lost_v: Vec<usize> = (0..vpages)
         .filter(|&i| vt[i] && vstate[i] != PageState::Present)
         .collect();
@@ -1078,23 +1343,37 @@ fn checkpoint(sh: &Shared, ck: &mut Ckpt, cg: &Memcg, mode: Mode, rng: &mut Rng)
             vctl.len() + mctl.len()
         ));
     }
-    // Per side: most untouched pages must have been evicted.
+    // Per side: every untouched page must have been evicted (nothing
+    // promoted it), or the eviction did not reach what the check needs.
     let mut evicted = 0;
     let mut untouched = 0;
-    for (st, t) in [(&vstate, &vt), (&mstate, &mtouched)] {
+    for (side, st, t) in [("guest", &vstate, &vt), ("mirror", &mstate, &mtouched)] {
+        let kept: Vec<usize> = (0..t.len())
+            .filter(|&i| !t[i] && st[i] != PageState::Swapped)
+            .collect();
         let u = t.iter().filter(|&&x| !x).count();
-        let e = (0..t.len())
-            .filter(|&i| !t[i] && st[i] == PageState::Swapped)
-            .count();
-        if (e as f64) < MIN_EVICTED * u as f64 {
-            bad.push(format!("eviction swapped out only {e} of {u} untouched pages of one side: the check would be blind"));
+        if u == 0 || !kept.is_empty() {
+            bad.push(format!(
+                "eviction swapped out {} of {u} untouched {side} pages (first kept: {:?}): \
+                 the check would be blind",
+                u - kept.len(),
+                kept.first()
+            ));
         }
-        evicted += e;
+        evicted += u - kept.len();
         untouched += u;
     }
     dev.config(0).context("CONFIG 0")?;
+    drop(dev);
+    drop(_m);
+    // KVM maps the checkpoint memcg again until the next checkpoint.
+    ckpt_map(sh, ck)?;
+    let k = match mode {
+        Mode::FailAfter(k) => format!(", k {k}"),
+        _ => String::new(),
+    };
     println!(
-        "# checkpoint ({}, {:.1} s): {nv} guest + {nm} mirror pages touched through secondary MMUs, all promoted: {}; \
+        "# checkpoint ({}{k}, {:.1} s): {nv} guest + {nm} mirror pages touched through secondary MMUs, all promoted: {}; \
          {evicted}/{untouched} untouched evicted; C={c} Q={q} S={s} E={e}; mirror fast {}/{} young, {} failed, fallback {} young",
         mode.name(),
         started.elapsed().as_secs_f64(),
@@ -1134,30 +1413,110 @@ fn swap_on() -> Result<()> {
     Ok(())
 }
 
-/// KVM's debugfs directories of VMs (`<pid>-<fd>`).
-fn kvm_vm_dirs() -> Vec<String> {
-    std::fs::read_dir("/sys/kernel/debug/kvm")
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.contains('-') && n.chars().next().is_some_and(|c| c.is_ascii_digit()))
-                .collect()
-        })
-        .unwrap_or_default()
+/// KVM's debugfs directories of VMs (`<pid>-<fd>`); an error if KVM's
+/// debugfs cannot be read (the "no VM left" check would be blind).
+fn kvm_vm_dirs() -> Result<Vec<String>> {
+    let mut dirs = Vec::new();
+    for e in std::fs::read_dir(KVM_DEBUGFS).with_context(|| format!("reading {KVM_DEBUGFS}"))? {
+        let n = e
+            .with_context(|| format!("reading {KVM_DEBUGFS}"))?
+            .file_name()
+            .to_string_lossy()
+            .into_owned();
+        if n.contains('-') && n.starts_with(|c: char| c.is_ascii_digit()) {
+            dirs.push(n);
+        }
+    }
+    Ok(dirs)
 }
 
 const KMEMLEAK: &str = "/sys/kernel/debug/kmemleak";
 
-/// Whether lockdep still checks (it turns itself off after a report);
-/// true on kernels without lockdep.
-fn lockdep_on() -> bool {
-    match sys::read("/proc/lockdep_stats") {
-        Ok(t) => t
-            .lines()
-            .find(|l| l.trim_start().starts_with("debug_locks:"))
-            .is_none_or(|l| l.split(':').nth(1).is_some_and(|v| v.trim() != "0")),
-        Err(_) => true,
+/// Whether lockdep still checks (`debug_locks` in /proc/lockdep_stats: it
+/// turns itself off after its first report). `Ok(None)`: this kernel has
+/// no lockdep, an error where it must have it (`required`: the series'
+/// flavours, whose config has `PROVE_LOCKING`).
+fn lockdep_on(required: bool) -> Result<Option<bool>> {
+    if !required && !features::exists(LOCKDEP_STATS) {
+        return Ok(None);
     }
+    let text = sys::read(LOCKDEP_STATS)
+        .context("lockdep must be on (PROVE_LOCKING, configs/mglru-secondary.config)")?;
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("debug_locks:"))
+        .with_context(|| format!("{LOCKDEP_STATS} has no debug_locks line"))?;
+    let v: u64 = line
+        .split(':')
+        .nth(1)
+        .unwrap_or("")
+        .trim()
+        .parse()
+        .with_context(|| format!("{LOCKDEP_STATS}: {line:?}"))?;
+    Ok(Some(v != 0))
+}
+
+/// Every skip decision, made before the KTAP plan: no `/dev/kvm` (outside
+/// `vm-run`, whose kernels and QEMU always have it) and not the series'
+/// kernel skip; the series' kernel lacking what the test needs is an error
+/// (reported as failures under the plan).
+fn preflight() -> Result<Option<Flavor>> {
+    let flavor = features::flavor()?;
+    if !features::exists("/dev/kvm") {
+        if matches!(flavor, Some(Flavor::Default | Flavor::Debug)) {
+            bail!("no /dev/kvm on vm-run's {flavor:?} kernel (CONFIG_KVM_AMD, QEMU -cpu max)");
+        }
+        Ktap::skip_all("no /dev/kvm");
+    }
+    let has = match features::has_secondary_mmu_walk() {
+        Ok(h) => h,
+        Err(e) if features::is_series_kernel()? => {
+            return Err(e.context("probing lru_gen capability 0x8"))
+        }
+        Err(_) => false,
+    };
+    let mirror_ko = module::project_module(lru_mirror::MODULE);
+    for (ok, what) in [
+        (has, "lru_gen capability 0x8".to_string()),
+        (
+            mirror_ko.exists(),
+            format!("lru_mirror module ({})", mirror_ko.display()),
+        ),
+    ] {
+        if let Some(why) = features::series_feature(ok, &what)? {
+            Ktap::skip_all(&why);
+        }
+    }
+    Ok(flavor)
+}
+
+/// The KTAP plan of [`CASES`], reported in that order.
+struct Report {
+    t: Ktap,
+    done: usize,
+}
+
+impl Report {
+    fn check(&mut self, name: &str, r: Result<()>) {
+        assert_eq!(CASES[self.done].0, name, "KTAP cases out of order");
+        self.t.check(name, r);
+        self.done += 1;
+    }
+    /// Fails every case not reported yet.
+    fn fail_rest(&mut self, why: &str) {
+        for (name, _) in &CASES[self.done..] {
+            self.t.fail(name, why);
+        }
+        self.done = CASES.len();
+    }
+}
+
+/// The violation kinds case `name` fails on.
+fn kinds_of(name: &str) -> &'static [&'static str] {
+    CASES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map_or(&[], |(_, k)| k)
 }
 
 fn main() {
@@ -1175,42 +1534,40 @@ fn main() {
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(1)
     });
-    let mut t = Ktap::new(7);
-    t.diag(&format!(
+    // Skips exit here, before the plan.
+    let pre = preflight();
+    let mut r = Report {
+        t: Ktap::new(CASES.len()),
+        done: 0,
+    };
+    r.t.diag(&format!(
         "lru_gen_stress: {:?} of chaos, checkpoints every {:?}, seed {seed} (rerun with --seed {seed})",
         o.duration, o.checkpoint_every
     ));
-    if !features::exists("/dev/kvm") {
-        Ktap::skip_all("no /dev/kvm");
+    if let Err(e) = pre.and_then(|flavor| run(&o, seed, flavor, &mut r)) {
+        r.t.diag(&format!("the run failed: {e:#}"));
+        r.fail_rest(&format!("not checked, the run failed: {e:#}"));
     }
-    // Everything here needs the series: skip on another kernel, fail on
-    // the series' if something is missing.
-    let has = features::has_secondary_mmu_walk().unwrap_or(false);
-    let mirror_ko = module::project_module(lru_mirror::MODULE);
-    for (ok, what) in [
-        (has, "lru_gen capability 0x8".to_string()),
-        (
-            mirror_ko.exists(),
-            format!("lru_mirror module ({})", mirror_ko.display()),
-        ),
-    ] {
-        match features::series_feature(ok, &what) {
-            Ok(None) => {}
-            Ok(Some(why)) => Ktap::skip_all(&why),
-            Err(e) => {
-                t.fail("stress_setup", &format!("{e:#}"));
-                t.finish();
-            }
-        }
-    }
-    if let Err(e) = run(&o, seed, &mut t) {
-        t.diag(&format!("setup failed: {e:#}"));
-        t.fail("stress_setup", &format!("{e:#}"));
-    }
-    t.finish();
+    r.t.finish();
 }
 
-fn run(o: &Opts, seed: u64, t: &mut Ktap) -> Result<()> {
+fn run(o: &Opts, seed: u64, flavor: Option<Flavor>, r: &mut Report) -> Result<()> {
+    // The series' flavours have lockdep (and KVM's debugfs); the debug one
+    // also KASAN and kmemleak: a check whose facility is missing there
+    // fails rather than passing having checked nothing.
+    let series_flavor = matches!(flavor, Some(Flavor::Default | Flavor::Debug));
+    if series_flavor {
+        features::check_kernel_matches_flavor(flavor, &features::kernel_release()?)?;
+    }
+    let kmemleak = features::exists(KMEMLEAK);
+    if flavor == Some(Flavor::Debug) {
+        if !sys::dmesg()?.contains(KASAN_BANNER) {
+            bail!("the debug kernel did not log {KASAN_BANNER:?} at boot: no KASAN");
+        }
+        if !kmemleak {
+            bail!("no {KMEMLEAK} on the debug kernel (DEBUG_KMEMLEAK, configs/debug.config)");
+        }
+    }
     let (guard, ckpt_cg) = aging::enter_sandbox(CG_CKPT)?;
     swap_on()?;
     // A report before the run (boot: DEBUG_VM_PGTABLE, lockdep) would also
@@ -1222,15 +1579,16 @@ fn run(o: &Opts, seed: u64, t: &mut Ktap) -> Result<()> {
     if !boot.is_empty() {
         bail!("the kernel log has reports before the run: {boot:#?}");
     }
-    if !lockdep_on() {
+    let lockdep = lockdep_on(series_flavor)?;
+    if lockdep == Some(false) {
         bail!("lockdep is off before the run (debug_locks 0)");
     }
     let watch = sys::DmesgWatch::start()?;
-    if features::exists(KMEMLEAK) {
+    if kmemleak {
         // Forget what boot left behind; report only what this run leaks.
         sys::write(KMEMLEAK, "clear")?;
     }
-    let vm_dirs_before = kvm_vm_dirs();
+    let vm_dirs_before = kvm_vm_dirs()?;
     let guest_cg = Memcg::create(CG_GUEST)?;
     // memory.high, not memory.max: reclaim (to swap) without the OOM killer,
     // whose report would be a kernel log entry of its own.
@@ -1244,27 +1602,49 @@ fn run(o: &Opts, seed: u64, t: &mut Ktap) -> Result<()> {
         gate: RwLock::new(()),
         module: Mutex::new(()),
         tally: Mutex::new(Tally::default()),
+        guest_live: Live::default(),
+        mirror_live: Live::default(),
+        ckpt_live: Live::default(),
     };
     let mut rng = Rng::new(seed);
     let mut ck = Ckpt {
         vm: TouchVm::new(CKPT_VM, 1, Backing::Anon4k)?,
         mem: HostMem::new(CKPT_MIRROR, Backing::Anon4k)?,
     };
+    ckpt_map(&sh, &mut ck)?;
+    // The checkpoint VM must show in KVM's debugfs, or "no VM directory
+    // left" at the end could not fail.
+    let me = format!("{}-", std::process::id());
+    let dirs = kvm_vm_dirs()?;
+    if !dirs
+        .iter()
+        .any(|d| d.starts_with(&me) && !vm_dirs_before.contains(d))
+    {
+        bail!("the checkpoint VM has no directory {me}<fd> in {KVM_DEBUGFS} ({dirs:?})");
+    }
     let start = Instant::now();
-    let guest = spawn_child("guest", &guest_cg, rng.next(), o)?;
-    let churn = spawn_child("churn", &churn_cg, rng.next(), o)?;
+    let mut guest = Kid::new(spawn_child("guest", &guest_cg, rng.next(), o)?);
+    let churn = Kid::new(spawn_child("churn", &churn_cg, rng.next(), o)?);
+    if wait_ready(&sh, "guest", &mut guest, READY_WAIT) {
+        sh.guest_live.set(true);
+    }
     // Let the children create their VMs before the memcgs are aged.
     std::thread::sleep(Duration::from_millis(500));
-    let cgs: Vec<(String, u32)> = [&guest_cg, &mirror_cg, &churn_cg, &ckpt_cg]
-        .iter()
-        .map(|c| Ok((c.path(), lru_id(c)?)))
-        .collect::<Result<_>>()?;
+    let cgs: Vec<(String, u32, Option<&Live>)> = [
+        (&guest_cg, Some(&sh.guest_live)),
+        (&mirror_cg, Some(&sh.mirror_live)),
+        (&churn_cg, None),
+        (&ckpt_cg, Some(&sh.ckpt_live)),
+    ]
+    .iter()
+    .map(|(c, l)| Ok((c.path(), lru_id(c)?, *l)))
+    .collect::<Result<_>>()?;
 
     std::thread::scope(|s| {
         let sh = &sh;
         let cgs = &cgs;
-        for (path, id) in cgs {
-            s.spawn(move || aging_loop(sh, path, *id));
+        for (path, id, live) in cgs {
+            s.spawn(move || aging_loop(sh, path, *id, *live));
         }
         let mut r1 = Rng::new(rng.next());
         s.spawn(move || toggle_loop(sh, &mut r1));
@@ -1275,7 +1655,9 @@ fn run(o: &Opts, seed: u64, t: &mut Ktap) -> Result<()> {
         let mc = &mirror_cg;
         s.spawn(move || mirror_loop(sh, mc, o, &mut r3));
 
-        // Checkpoints in this thread, until the time is up.
+        // Checkpoints in this thread, until the time is up: the first after
+        // --checkpoint-every (at most half the duration), each next one
+        // --checkpoint-every after the end of the previous one.
         let mut n = 0u64;
         let end = start + o.duration;
         let mut next = Instant::now() + o.checkpoint_every.min(o.duration / 2);
@@ -1321,23 +1703,38 @@ fn run(o: &Opts, seed: u64, t: &mut Ktap) -> Result<()> {
         }
     }
     std::thread::sleep(Duration::from_millis(200));
-    let left: Vec<String> = kvm_vm_dirs()
-        .into_iter()
-        .filter(|d| !vm_dirs_before.contains(d))
-        .collect();
-    if !left.is_empty() {
-        sh.violation("teardown", format!("VMs left in KVM's debugfs: {left:?}"));
+    match kvm_vm_dirs() {
+        Ok(dirs) => {
+            let left: Vec<String> = dirs
+                .into_iter()
+                .filter(|d| !vm_dirs_before.contains(d))
+                .collect();
+            if !left.is_empty() {
+                sh.violation("teardown", format!("VMs left in KVM's debugfs: {left:?}"));
+            }
+        }
+        Err(e) => sh.violation("teardown", format!("{e:#}")),
     }
+    // Problems of the kernel-report checks themselves.
+    let mut report_errors = Vec::new();
     let mut leaks = String::new();
-    if features::exists(KMEMLEAK) {
+    if kmemleak {
         // Two scans: kmemleak reports an object only once it was seen
         // unreferenced twice (and is older than 5 s).
-        for _ in 0..2 {
-            std::thread::sleep(Duration::from_secs(6));
-            sys::write(KMEMLEAK, "scan")?;
+        let scan = || -> Result<String> {
+            for _ in 0..2 {
+                std::thread::sleep(Duration::from_secs(6));
+                sys::write(KMEMLEAK, "scan")?;
+            }
+            sys::read(KMEMLEAK)
+        };
+        match scan() {
+            Ok(text) => {
+                leaks = text;
+                sh.count("kmemleak scans", 2);
+            }
+            Err(e) => report_errors.push(format!("kmemleak: {e:#}")),
         }
-        leaks = sys::read(KMEMLEAK)?;
-        sh.count("kmemleak scans", 2);
     }
     drop(guest_cg);
     drop(mirror_cg);
@@ -1348,11 +1745,19 @@ fn run(o: &Opts, seed: u64, t: &mut Ktap) -> Result<()> {
 
     let tally = sh.tally.into_inner().unwrap();
     let c = |k: &str| tally.counts.get(k).copied().unwrap_or(0);
+    let t = &mut r.t;
     t.diag(&format!("ran {:.0} s; counts:", elapsed.as_secs_f64()));
     for (k, v) in &tally.counts {
         t.diag(&format!("  {k}: {v}"));
     }
-    let vio = |kinds: &[&str]| -> Vec<String> {
+    if lockdep.is_none() {
+        t.diag("no lockdep in this kernel: its reports are not checked");
+    }
+    if !kmemleak {
+        t.diag("no kmemleak in this kernel: leaks are not checked");
+    }
+    let vio = |case: &str| -> Vec<String> {
+        let kinds = kinds_of(case);
         tally
             .violations
             .iter()
@@ -1360,6 +1765,13 @@ fn run(o: &Opts, seed: u64, t: &mut Ktap) -> Result<()> {
             .map(|(k, m)| format!("{k}: {m}"))
             .collect()
     };
+    // A violation of a kind no case checks still fails the run.
+    let unknown: Vec<String> = tally
+        .violations
+        .iter()
+        .filter(|(k, _)| !CASES.iter().any(|(_, ks)| ks.contains(&k.trim())))
+        .map(|(k, m)| format!("violation of unknown kind {k}: {m}"))
+        .collect();
     let verdict = |v: Vec<String>, extra: Option<String>| -> Result<()> {
         let mut all = v;
         all.extend(extra);
@@ -1390,18 +1802,25 @@ fn run(o: &Opts, seed: u64, t: &mut Ktap) -> Result<()> {
         "processes exited with a live VM",
         "VMs on THPs",
         "guest host MADV_DONTNEED (vCPUs running)",
-        "memory.reclaim writes",
+        "memory.reclaim writes: all reclaimed",
         "guest pattern pages read back from swap",
+        "walk-stat checks",
     ];
     let missing: Vec<&str> = needed.iter().copied().filter(|k| c(k) == 0).collect();
     let passes = c("aging passes");
-    // The goal counts passes over memcgs whose pages secondary MMUs map
-    // (the guest's, the mirror users', the checkpoints'); every memcg must
-    // have been aged.
-    let secondary: u64 = [CG_GUEST, CG_MIRROR, CG_CKPT]
-        .iter()
-        .map(|n| c(&format!("aging passes on /{n}")))
-        .sum();
+    // The goal counts passes that aged memory some secondary MMU mapped:
+    // the guest's memcg once its VM ran, the mirror users' while a batch
+    // was mirrored, the checkpoints' memcg while the checkpoint VM mapped
+    // it (between checkpoints) and the checkpoints' own passes.
+    let mapped = |n: &str| c(&format!("aging passes on /{n}, secondary MMU mapped"));
+    let (pg, pm, pk, pc) = (
+        mapped(CG_GUEST),
+        mapped(CG_MIRROR),
+        mapped(CG_CKPT),
+        c("aging passes in checkpoints"),
+    );
+    let secondary = pg + pm + pk + pc;
+    // Every memcg must have been aged.
     let unaged: Vec<&str> = [CG_GUEST, CG_MIRROR, CG_CHURN, CG_CKPT]
         .into_iter()
         .filter(|n| c(&format!("aging passes on /{n}")) == 0)
@@ -1411,20 +1830,23 @@ fn run(o: &Opts, seed: u64, t: &mut Ktap) -> Result<()> {
     } else {
         (secondary < o.min_passes).then(|| {
             format!(
-                "{secondary} aging passes over memcgs with secondary MMUs < --min-passes {}",
+                "{secondary} aging passes while a secondary MMU mapped the memcg < --min-passes {}",
                 o.min_passes
             )
         })
     };
-    t.check(
+    let mut chaos = vio("chaos_ran_every_operation");
+    chaos.extend(unknown);
+    r.check(
         "chaos_ran_every_operation",
         verdict(
-            vio(&["aging", "toggle", "reclaim", "module", "mirror", "child"]),
+            chaos,
             (!missing.is_empty())
                 .then(|| format!("never happened: {missing:?}"))
                 .or(few),
         ),
     );
+    let t = &mut r.t;
     t.diag(&format!(
         "{passes} aging passes ({:.1}/s), {} checkpoints, {} guest pages verified after swap-in",
         passes as f64 / elapsed.as_secs_f64(),
@@ -1436,46 +1858,59 @@ fn run(o: &Opts, seed: u64, t: &mut Ktap) -> Result<()> {
             .sum::<u64>(),
         c("guest pattern pages read back from swap")
     ));
+    t.diag(&format!(
+        "{secondary} aging passes while a secondary MMU mapped the memcg (--min-passes {}): \
+         guest {pg}, mirror users {pm}, checkpoint VM {pk}, checkpoints {pc}",
+        o.min_passes
+    ));
     let ck_on = c("checkpoints: 0x8 on") + c("checkpoints: 0x8 off");
-    t.check(
+    r.check(
         "secondary_only_pages_promoted_at_checkpoints",
         verdict(
-            vio(&["checkpoint"]),
+            vio("secondary_only_pages_promoted_at_checkpoints"),
             (ck_on == 0).then(|| "no checkpoint ran".into()),
         ),
     );
     let ck_fail = c("checkpoints: 0x8 on, mirror fails every page")
         + c("checkpoints: 0x8 on, mirror fails after k pages");
-    t.check(
+    r.check(
         "fallback_loses_no_accessed_state",
         verdict(
-            vio(&["fallback"]),
+            vio("fallback_loses_no_accessed_state"),
             (ck_fail == 0).then(|| "no failure checkpoint ran".into()),
         ),
     );
-    t.check(
+    r.check(
         "guest_data_intact_across_swap",
         verdict(
-            vio(&["integrity"]),
+            vio("guest_data_intact_across_swap"),
             (c("guest pattern pages read back from swap") == 0)
                 .then(|| "no pattern page was swapped out: the check saw no swap".into()),
         ),
     );
-    t.check("counters_consistent", verdict(vio(&["counters"]), None));
-    let mut bugs = watch.new_bug_lines()?;
-    if !lockdep_on() {
-        bugs.push("lockdep switched itself off (debug_locks 0) during the run".into());
+    r.check(
+        "counters_consistent",
+        verdict(vio("counters_consistent"), None),
+    );
+    let mut bugs = match watch.new_bug_lines() {
+        Ok(b) => b,
+        Err(e) => vec![format!("reading the kernel log: {e:#}")],
+    };
+    match lockdep_on(series_flavor) {
+        Ok(Some(false)) => {
+            bugs.push("lockdep switched itself off (debug_locks 0) during the run".into())
+        }
+        Ok(_) => {}
+        Err(e) => bugs.push(format!("{e:#}")),
     }
-    let leak_lines: Vec<String> = leaks
+    bugs.extend(report_errors);
+    let leak_lines = leaks
         .lines()
         .filter(|l| l.contains("unreferenced object"))
-        .map(str::to_owned)
-        .collect();
-    t.check(
-        "no_kernel_reports",
-        verdict(bugs.into_iter().chain(leak_lines).collect(), None),
-    );
-    t.check("teardown_complete", verdict(vio(&["teardown"]), None));
+        .map(str::to_owned);
+    bugs.extend(leak_lines);
+    r.check("no_kernel_reports", verdict(bugs, None));
+    r.check("teardown_complete", verdict(vio("teardown_complete"), None));
     Ok(())
 }
 
@@ -1509,6 +1944,73 @@ mod tests {
         b.fast_young = 15;
         b.fast_failed = 6;
         assert!(mirror_stats_consistent(&a, &b).is_err());
+    }
+
+    #[test]
+    fn live_snapshots_see_every_change() {
+        let l = Live::default();
+        let off = l.snap();
+        assert_eq!(off & 1, 0);
+        l.set(true);
+        let on = l.snap();
+        assert_eq!(on & 1, 1);
+        l.set(true);
+        assert_eq!(l.snap(), on, "setting the same state is no change");
+        // Off and on again in between: not "mapped all the time".
+        l.set(false);
+        l.set(true);
+        assert_ne!(l.snap(), on);
+        assert_eq!(l.snap() & 1, 1);
+    }
+
+    #[test]
+    fn mirror_ranges_leave_pages_untouched() {
+        for seed in 1..2000 {
+            let mut rng = Rng::new(seed);
+            let (ranges, touched) = mirror_ranges(1024, &mut rng);
+            assert!((1..=6).contains(&ranges.len()));
+            let mut t = vec![false; 1024];
+            for &(f, l) in &ranges {
+                assert!(l >= 1 && f + l <= 1024);
+                t[f..f + l].fill(true);
+            }
+            assert_eq!(t, touched);
+            assert!(touched.iter().filter(|&&x| !x).count() >= MIN_UNTOUCHED);
+        }
+    }
+
+    #[test]
+    fn walk_stats_must_be_complete() {
+        let full = lru_gen::WalkStats::parse(&["9t", "3y", "0f", "0a", "2c", "600q", "5s", "1e"]);
+        assert_eq!(walk_cqse(full.as_ref()).unwrap(), (2, 600, 5, 1));
+        // 6.12's four columns, "no data" markers, no stats line at all.
+        let old = lru_gen::WalkStats::parse(&["9t", "3y", "0f", "0a"]);
+        assert!(walk_cqse(old.as_ref()).is_err());
+        let none = lru_gen::WalkStats::parse(&["0x", "0x"]);
+        assert!(walk_cqse(none.as_ref()).is_err());
+        assert!(walk_cqse(None).is_err());
+    }
+
+    /// Every violation kind this file reports is one some KTAP case checks
+    /// (the run also fails on an unknown one, see `run`).
+    #[test]
+    fn every_violation_kind_has_a_case() {
+        let src = include_str!("lru_gen_stress.rs");
+        let known = |k: &str| CASES.iter().any(|(_, ks)| ks.contains(&k));
+        let mut seen = 0;
+        for (pat, end) in [("violation(\"", '"'), ("\"VIOLATION ", ':')] {
+            for (i, _) in src.match_indices(pat) {
+                let rest = &src[i + pat.len()..];
+                let kind = &rest[..rest.find(end).unwrap()];
+                if kind.chars().all(|c| c.is_ascii_lowercase()) {
+                    assert!(known(kind), "violation kind {kind:?} has no KTAP case");
+                    seen += 1;
+                }
+            }
+        }
+        assert!(seen > 20, "found only {seen} violation sites");
+        // The checkpoint's kinds are chosen by mode.
+        assert!(known("checkpoint") && known("fallback"));
     }
 
     #[test]

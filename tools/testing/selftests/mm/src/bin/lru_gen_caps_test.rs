@@ -149,19 +149,27 @@ fn boot_default(t: &Ktap, text: &str) -> Result<()> {
 
 fn main() {
     let _ = Opts::parse();
-    let mut t = Ktap::new(5);
+    if !features::exists(features::LRU_GEN_ENABLED) {
+        Ktap::skip_all(&format!(
+            "no {} (CONFIG_LRU_GEN)",
+            features::LRU_GEN_ENABLED
+        ));
+    }
     let guard = match CapsGuard::save() {
         Ok(g) => g,
-        Err(e) => Ktap::skip_all(&format!("no {}: {e:#}", features::LRU_GEN_ENABLED)),
+        Err(e) => Ktap::bail_out(&format!("reading {}: {e:#}", features::LRU_GEN_ENABLED)),
     };
+    // Every case is about the series' capability ABI (bit 0x8, y = 0x000f):
+    // decided before the plan.
+    let series = features::has_secondary_mmu_walk()
+        .and_then(|h| features::series_feature(h, "lru_gen capability 0x8"));
+    if let Ok(Some(why)) = &series {
+        Ktap::skip_all(why);
+    }
+    let mut t = Ktap::new(5);
     t.diag(&format!("caps at start: 0x{:04x}", guard.saved()));
-    // Every case is about the series' capability ABI (bit 0x8, y = 0x000f).
-    match features::has_secondary_mmu_walk()
-        .and_then(|h| features::series_feature(h, "lru_gen capability 0x8"))
-    {
-        Ok(None) => {}
-        Ok(Some(why)) => Ktap::skip_all(&why),
-        Err(e) => t.diag(&format!("{e:#}")), // the cases below fail and say why
+    if let Err(e) = series {
+        t.diag(&format!("{e:#}")); // the cases below fail and say why
     }
     match sys::read(AT_BOOT) {
         Ok(text) => {

@@ -675,7 +675,7 @@ fn bad_buffer(t: &Ktap, f: &Fixture) -> Result<()> {
     let cmd = format!("+ {} {} {max} 1 1", f.id, f.nid);
     // Two pages, the second inaccessible; the command ends just before it,
     // and the write asks for a few bytes more.
-    let two = HostMem::new(2 * PAGE_SIZE, Backing::Anon4k)?;
+    let mut two = HostMem::new(2 * PAGE_SIZE, Backing::Anon4k)?;
     let at = PAGE_SIZE - cmd.len();
     two.write_at(at, cmd.as_bytes())?;
     // SAFETY: the second page of our own mapping; nothing refers to it.
@@ -724,15 +724,12 @@ fn bad_buffer(t: &Ktap, f: &Fixture) -> Result<()> {
 
 fn main() {
     let _ = Opts::parse();
-    if !features::exists(lru_gen::LRU_GEN_DEBUGFS) {
-        Ktap::skip_all(&format!(
-            "no {} (CONFIG_LRU_GEN and debugfs mounted?)",
-            lru_gen::LRU_GEN_DEBUGFS
-        ));
+    if let Some(why) = features::memcg_aging_missing() {
+        Ktap::skip_all(&why);
     }
     let guard = match CapsGuard::save() {
         Ok(g) => g,
-        Err(e) => Ktap::skip_all(&format!("no {}: {e:#}", features::LRU_GEN_ENABLED)),
+        Err(e) => Ktap::bail_out(&format!("reading {}: {e:#}", features::LRU_GEN_ENABLED)),
     };
     let mut t = Ktap::new(16);
     if guard.saved() & caps::CORE == 0 {
@@ -747,7 +744,7 @@ fn main() {
         Ok(f) => f,
         Err(e) => {
             drop(guard);
-            Ktap::skip_all(&format!("no memcg to test with: {e:#}"))
+            Ktap::bail_out(&format!("setting up a memcg with generations: {e:#}"))
         }
     };
     match f.state() {

@@ -1306,10 +1306,13 @@ fn main() {
     if let Ok(Some(why)) = features::series_feature(ko.exists(), "lru_mirror module") {
         Ktap::skip_all(&why);
     }
+    if let Some(why) = features::memcg_aging_missing() {
+        Ktap::skip_all(&why);
+    }
     let mut t = Ktap::new(16);
     let (guard, cg) = match aging::enter_sandbox(MEMCG) {
         Ok(v) => v,
-        Err(e) => Ktap::skip_all(&format!("no memcg/lru_gen to test with: {e:#}")),
+        Err(e) => Ktap::bail_out(&format!("setting up the memcg sandbox: {e:#}")),
     };
     let watch = sys::DmesgWatch::start().ok();
     t.check("module_loads_dev_node_0600", module_loads());

@@ -55,11 +55,11 @@ struct Opts {}
 
 fn main() {
     let _ = <Opts as clap::Parser>::parse();
-    let mut t = Ktap::new(3);
     let log = match sys::dmesg() {
         Ok(l) => l,
-        Err(e) => Ktap::skip_all(&format!("cannot read the kernel log: {e:#}")),
+        Err(e) => Ktap::bail_out(&format!("cannot read the kernel log: {e:#}")),
     };
+    let mut t = Ktap::new(3);
     let results = kunit::results(&log);
     t.check("rust_doctests_kernel_passed", check_suite(&results, &t));
     // The series adds both files; unpatched 6.12 (make check-base) has
