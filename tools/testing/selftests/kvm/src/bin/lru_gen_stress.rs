@@ -366,12 +366,15 @@ fn role_guest(seed: u64, mem: usize) -> Result<()> {
             .count();
         cx.count("guest pattern pages read back from swap", out as u64);
         if let Some(m) = vm.verify_pattern_with(2, 0, pat, pseed)? {
+            // The host's view of the page tells a guest that wrote or
+            // read the wrong page from a page whose data was lost.
             println!(
                 "VIOLATION integrity: round {round}: guest page {} read {:#x}, expected {:#x} \
-                 (memslot at {:#x})",
+                 (host sees {:#x}; memslot at {:#x})",
                 m.page,
                 m.found,
                 m.expected,
+                vm.mem.read_page_u32(m.page),
                 vm.data_gpa()
             );
             cx.report();
@@ -402,14 +405,23 @@ fn role_churn(seed: u64) -> Result<()> {
         }
         let pages = vm.mem.pages();
         let s = cx.rng.next() as u32 | 1;
-        vm.touch_with(1, 0, pages, Access::Pattern(s))?;
+        let kind = if thp { "THP" } else { "4K" };
+        vm.touch_with(1, 0, pages, Access::Pattern(s))
+            .with_context(|| format!("churn VM ({kind}): writing the pattern"))?;
         vm.set_data_slot(false)?;
         vm.set_data_slot(true)?;
         vm.move_data_slot(MOVED_GPA)?;
-        if let Some(m) = vm.verify_pattern_with(1, 0, pages, s)? {
+        if let Some(m) = vm
+            .verify_pattern_with(1, 0, pages, s)
+            .with_context(|| format!("churn VM ({kind}): verifying after the memslot moved"))?
+        {
             println!(
-                "VIOLATION integrity: churn VM page {} read {:#x}, expected {:#x}",
-                m.page, m.found, m.expected
+                "VIOLATION integrity: churn VM ({kind}) page {} read {:#x}, expected {:#x} \
+                 (host sees {:#x})",
+                m.page,
+                m.found,
+                m.expected,
+                vm.mem.read_page_u32(m.page)
             );
         }
         if thp {
