@@ -26,7 +26,7 @@ bin=$TOP/tools/testing/selftests/target/x86_64-unknown-linux-gnu/release
 # skip, a test that no longer runs on 6.12) fails check-base, and so does one
 # listed here that did not skip.  Change it with the tests.
 EXPECTED_BASE_SKIPS="
-mglru_smoke_test
+mglru_smoke_test:rust_oot_module_load_unload
 lru_gen_caps_test
 lru_mirror_test
 rust_doctests_test:mmu_notifier_doctests_passed

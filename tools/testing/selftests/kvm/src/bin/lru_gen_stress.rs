@@ -1009,7 +1009,9 @@ fn mirror_loop(sh: &Shared, cg: &Memcg, o: &Opts, rng: &mut Rng) {
             ready |= wait_ready(sh, "mirror-user", u, READY_WAIT);
         }
         sh.mirror_live.set(ready);
-        std::thread::sleep(rng.ms(300, 2500));
+        // Long enough that most of the mirror memcg's passes run while a
+        // mirror maps it (only those count for --min-passes).
+        std::thread::sleep(rng.ms(1500, 5000));
         sh.mirror_live.set(false);
         for mut u in users {
             let kill = rng.chance(25);
