@@ -183,11 +183,10 @@ pub struct HostMem {
 // SAFETY: the mapping is plain memory owned by `HostMem`, not tied to the
 // thread that made it.
 unsafe impl Send for HostMem {}
-// SAFETY: through `&HostMem` the host only reads and writes the memory with
-// volatile dword accesses (`read_u32_at`, `fill`) or hands out the address
-// (for the guest, madvise, pagemap and devices, which the kernel mediates);
-// byte copies (`write_at`) need `&mut HostMem`, so two Rust threads never
-// race a non-atomic copy.
+// SAFETY: through `&HostMem` the host only reads the memory (volatile dword
+// reads, `read_u32_at`) or hands out the address (for the guest, madvise,
+// pagemap and devices, which the kernel mediates); host writes (`write_at`,
+// `fill`) need `&mut HostMem`, so no two Rust threads race on the memory.
 unsafe impl Sync for HostMem {}
 
 impl HostMem {
@@ -330,8 +329,9 @@ impl HostMem {
     }
 
     /// Writes the first dword of every page from the host side (faults the
-    /// whole range in through the host page table).
-    pub fn fill(&self, value: u32) {
+    /// whole range in through the host page table). `&mut self`, like
+    /// [`HostMem::write_at`]: host writes never race each other.
+    pub fn fill(&mut self, value: u32) {
         for i in 0..self.pages() {
             // SAFETY: as in `read_page_u32`.
             unsafe { std::ptr::write_volatile(self.ptr.add(i * PAGE_SIZE).cast::<u32>(), value) }

@@ -227,7 +227,7 @@ fn round(
 
 /// Interleaved measured passes over a plain process's memory of `pages`.
 fn floor(o: &Opts, cg: &Memcg, bytes: usize, col: &mut Column) -> Result<()> {
-    let mem = HostMem::new(bytes, Backing::Anon4k)?;
+    let mut mem = HostMem::new(bytes, Backing::Anon4k)?;
     mem.fill(0x666c_6f6f);
     let pages = mem.pages();
     let stride = o.stride as usize;

@@ -584,11 +584,17 @@ fn main() {
     // Options first, the --compare file included (clap's value parser): a
     // bad one is a usage error before anything is touched.
     let o = Opts::parse();
-    let mut map_out = o.map_out.as_ref().map(|p| match std::fs::File::create(p) {
-        Ok(f) => (p.display().to_string(), f),
-        Err(e) => {
-            eprintln!("error: --map-out {}: {e}", p.display());
-            std::process::exit(2);
+    // The maps go to a temporary file beside --map-out, renamed over it
+    // only once they are complete: a run that skips or fails leaves an
+    // earlier good file alone.
+    let mut map_out = o.map_out.as_ref().map(|p| {
+        let tmp = p.with_extension("json.tmp");
+        match std::fs::File::create(&tmp) {
+            Ok(f) => (p.clone(), tmp, f),
+            Err(e) => {
+                eprintln!("error: --map-out {}: {e}", p.display());
+                std::process::exit(2);
+            }
         }
     });
     // Every skip is decided before the plan; a set-up step that fails is
@@ -668,7 +674,7 @@ fn main() {
         });
         t.check("same_pages_promoted_as_reference_kernel", res);
     }
-    if let Some((path, f)) = map_out.as_mut() {
+    if let Some((path, tmp, f)) = map_out.as_mut() {
         let mut v = json!({ "kernel": kernel, "touched": touched });
         for (label, m) in &have {
             v[*label] = json!(m);
@@ -676,9 +682,11 @@ fn main() {
         let text = serde_json::to_string_pretty(&v).expect("maps serialize") + "\n";
         // Unbuffered: a failed write(2) (ENOSPC, EIO) is seen here.
         let res = std::io::Write::write_all(f, text.as_bytes())
-            .with_context(|| format!("writing {path}"));
+            .and_then(|()| f.sync_all())
+            .and_then(|()| std::fs::rename(&*tmp, &*path))
+            .with_context(|| format!("writing {}", path.display()));
         if res.is_ok() {
-            t.diag(&format!("maps written to {path}"));
+            t.diag(&format!("maps written to {}", path.display()));
         }
         t.check("promotion_maps_written", res);
     }

@@ -179,10 +179,13 @@ impl Fixture {
             let root_procs = format!("{CGROUP_ROOT}/cgroup.procs");
             let pid = std::process::id().to_string();
             cg.enter()?;
-            let mem = HostMem::new(MEM, Backing::Anon4k).inspect(|m| m.fill(0x6465_6267));
+            let mem = HostMem::new(MEM, Backing::Anon4k).map(|mut m| {
+                m.fill(0x6465_6267);
+                m
+            });
             sys::write(&root_procs, &pid).context("leaving the memcg")?;
             let mem = mem?;
-            let flush = HostMem::new(256 * PAGE_SIZE, Backing::Anon4k)?;
+            let mut flush = HostMem::new(256 * PAGE_SIZE, Backing::Anon4k)?;
             flush.fill(1);
             mem
         };

@@ -98,7 +98,7 @@ struct Setup {
 
 impl Setup {
     fn new(flags: u64) -> Result<Self> {
-        let mem = HostMem::new(MEM, Backing::Anon4k)?;
+        let mut mem = HostMem::new(MEM, Backing::Anon4k)?;
         mem.fill(0x6d69_7272);
         let dev = Mirror::open()?;
         // MIRROR gives up with EAGAIN when invalidations (compaction, khugepaged) keep racing
@@ -271,7 +271,7 @@ fn young_and_failed_from_two_subscribers(t: &Ktap, cg: &Memcg) -> Result<()> {
 fn young_and_failed_mid_range(t: &Ktap, cg: &Memcg) -> Result<()> {
     const HUGE: usize = 2 << 20;
     const HUGE_PAGES: usize = HUGE / PAGE_SIZE;
-    let mem = HostMem::new(MEM, Backing::Thp)?;
+    let mut mem = HostMem::new(MEM, Backing::Thp)?;
     mem.fill(0x7468_7021);
     sys::expect_thp_backed(MEM, "mirrored memory")?;
     let dev = Mirror::open()?;
@@ -371,7 +371,7 @@ fn invalidation_forgets(t: &Ktap, cg: &Memcg) -> Result<()> {
 fn mirror_races_invalidation(t: &Ktap) -> Result<()> {
     const LEN: usize = 2 << 20;
     const ROUNDS: usize = 30;
-    let mem = HostMem::new(LEN, Backing::Anon4k)?;
+    let mut mem = HostMem::new(LEN, Backing::Anon4k)?;
     mem.fill(1);
     let n = mem.pages();
     let base = mem.as_ptr() as usize;
@@ -527,7 +527,7 @@ fn reclaim_keeps_device_accessed(t: &Ktap, cg: &Memcg, fail: bool) -> Result<()>
 }
 
 fn invalid_ioctls(t: &Ktap) -> Result<()> {
-    let mem = HostMem::new(1 << 20, Backing::Anon4k)?;
+    let mut mem = HostMem::new(1 << 20, Backing::Anon4k)?;
     mem.fill(1);
     let base = mem.as_ptr() as usize;
     let dev = Mirror::open()?;
@@ -969,9 +969,9 @@ fn concurrent_bad_ioctls(t: &Ktap, cg: &Memcg, o: &Opts) -> Result<()> {
     const LEN: usize = 4 << 20;
     let watch = sys::DmesgWatch::start()?;
     let base_ref = refcnt()?;
-    let mem = HostMem::new(LEN, Backing::Anon4k)?;
+    let mut mem = HostMem::new(LEN, Backing::Anon4k)?;
     mem.fill(0x636f_6e63);
-    let ro = HostMem::new(PAGE_SIZE, Backing::Anon4k)?;
+    let mut ro = HostMem::new(PAGE_SIZE, Backing::Anon4k)?;
     ro.fill(0);
     // SAFETY: our own one-page mapping; nothing holds references into it.
     if unsafe { libc::mprotect(ro.as_ptr().cast(), PAGE_SIZE, libc::PROT_READ) } != 0 {
