@@ -72,10 +72,7 @@ impl Memcg {
     /// Proactive reclaim through `memory.reclaim`; `EAGAIN` (could not
     /// reclaim it all) is not an error.
     pub fn reclaim(&self, bytes: u64) -> Result<()> {
-        match self.write("memory.reclaim", &bytes.to_string()) {
-            Err(e) if sys::errno_of(&e) == Some(libc::EAGAIN) => Ok(()),
-            r => r,
-        }
+        self.try_reclaim(bytes).map(drop)
     }
 
     /// Proactive reclaim through `memory.reclaim`, telling the outcomes

@@ -501,19 +501,16 @@ fn role_mirror_user(seed: u64) -> Result<()> {
     };
     // MIRROR gives up with EAGAIN when invalidations (reclaim under
     // memory.high) keep racing with its fault-in: retry.
-    let mut tries = 0;
-    loop {
-        match dev.mirror(mem.as_ptr() as usize, mem.len(), flags) {
-            Ok(()) => break,
-            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) && tries < EAGAIN_TRIES => {
-                tries += 1;
-                cx.count("mirror MIRROR busy (EAGAIN, retried)", 1);
-                // Let the reclaim that raced with the fault-in finish.
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            Err(e) => return Err(e).context("MIRROR"),
+    retry_eagain(|| {
+        let r = dev.mirror(mem.as_ptr() as usize, mem.len(), flags);
+        if r.as_ref()
+            .is_err_and(|e| e.raw_os_error() == Some(libc::EAGAIN))
+        {
+            cx.count("mirror MIRROR busy (EAGAIN, retried)", 1);
         }
-    }
+        r
+    })
+    .context("MIRROR")?;
     cx.count("mirror users", 1);
     let knob = random_knob(&mut cx.rng);
     match dev.config(knob) {
