@@ -49,6 +49,16 @@ fn help_exits_0_and_lists_the_options() {
             BENCH,
             &["--mem-per-vcpu", "--vcpus", "--repeat", "--stride"][..],
         ),
+        (
+            STRESS,
+            &[
+                "--duration",
+                "--checkpoint-every",
+                "--guest-mem",
+                "--min-passes",
+                "--vcpu-cpus",
+            ][..],
+        ),
     ] {
         let r = run(bin, &["--help"]);
         assert_eq!(r.code, Some(0), "{} --help: {:?}", name(bin), r.stderr);
@@ -174,5 +184,35 @@ fn lru_gen_stress_bad_values() {
         (STRESS, &["-s", "x"], &["--seed", "'x'"]),
         (STRESS, &["--min-passes", "-1"], &["-1"]),
         (STRESS, &["--role", "bogus"], &["--role", "bogus"]),
+        (
+            STRESS,
+            &["--vcpu-cpus", "x"],
+            &["--vcpu-cpus", "'x' is not a CPU number"],
+        ),
+        (
+            STRESS,
+            &["--vcpu-cpus", "0,-1"],
+            &["'-1' is not a CPU number"],
+        ),
+        (
+            STRESS,
+            &["--vcpu-cpus", "0,,1"],
+            &["'' is not a CPU number"],
+        ),
+        (
+            STRESS,
+            &["--vcpu-cpus", "0-1"],
+            &["'0-1' is not a CPU number"],
+        ),
+        (
+            STRESS,
+            &["--vcpu-cpus", "anyway"],
+            &["'anyway' is not a CPU number"],
+        ),
+        (
+            STRESS,
+            &["--vcpu-cpus", "64"],
+            &["--vcpu-cpus", "CPU 64 is above 63"],
+        ),
     ]);
 }

@@ -40,7 +40,7 @@ use clap::Parser;
 use mglru_selftest::aging::{self, NID};
 use mglru_selftest::features::{self, caps, Flavor};
 use mglru_selftest::ktap::Ktap;
-use mglru_selftest::kvm::{Access, Backing, HostMem, TouchVm, PAGE_SIZE};
+use mglru_selftest::kvm::{self, Access, Backing, HostMem, TouchVm, PAGE_SIZE};
 use mglru_selftest::lru_mirror::{self, Mirror};
 use mglru_selftest::memcg::Memcg;
 use mglru_selftest::pagemap::{self, PageState};
@@ -119,9 +119,60 @@ struct Opts {
     /// Fail unless at least this many aging passes ran.
     #[arg(long = "min-passes", default_value_t = 0)]
     min_passes: u64,
+    /// CPUs that run guest code (every vCPU of every VM, children's
+    /// included): comma-separated CPU numbers (e.g. 1 or 0,1; no ranges),
+    /// or `any` for wherever the scheduler puts them.  Default: the last
+    /// CPU this process may use, when it may use two or more — QEMU 7.2's
+    /// multi-threaded TCG corrupts nested guests' state when they run on
+    /// both of its vCPUs (Documentation/testing.md, "Nested guests under
+    /// QEMU TCG"); aging, reclaim and invalidations still run on every CPU.
+    #[arg(long = "vcpu-cpus", value_parser = parse_cpu_choice)]
+    vcpu_cpus: Option<CpuChoice>,
     /// Internal: run as a child process of this role.
     #[arg(long, hide = true, value_parser = ["guest", "churn", "vm-exit", "vm-kill", "mirror-user"])]
     role: Option<String>,
+}
+
+/// Where guest code runs (`--vcpu-cpus`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum CpuChoice {
+    /// Wherever the scheduler puts it.
+    Any,
+    /// Only on these CPUs.
+    List(Vec<usize>),
+}
+
+/// `--vcpu-cpus`: `any`, or a comma-separated list of CPUs this process may
+/// run on.
+fn parse_cpu_choice(s: &str) -> Result<CpuChoice, String> {
+    if s == "any" {
+        return Ok(CpuChoice::Any);
+    }
+    let mut cpus = Vec::new();
+    for w in s.split(',') {
+        let c: usize = w
+            .parse()
+            .map_err(|_| format!("'{w}' is not a CPU number (want e.g. 1, 0,1 or any)"))?;
+        kvm::check_cpu(c).map_err(|e| format!("{e:#}"))?;
+        cpus.push(c);
+    }
+    Ok(CpuChoice::List(cpus))
+}
+
+/// The CPUs guest code runs on: `--vcpu-cpus`, or by default the last CPU
+/// this process may use when it may use two or more (none: any).
+fn vcpu_cpus(o: &Opts) -> Result<Vec<usize>> {
+    Ok(match &o.vcpu_cpus {
+        Some(CpuChoice::Any) => Vec::new(),
+        Some(CpuChoice::List(l)) => l.clone(),
+        None => {
+            let all = kvm::allowed_cpus()?;
+            match all.last() {
+                Some(&last) if all.len() >= 2 => vec![last],
+                _ => Vec::new(),
+            }
+        }
+    })
 }
 
 /// `--guest-mem`: a size from 1 MiB to 1 GiB.
@@ -435,6 +486,7 @@ fn role_churn(seed: u64) -> Result<()> {
             let kill = cx.rng.chance(50);
             let mut c = Command::new(&me)
                 .args(["--role", if kill { "vm-kill" } else { "vm-exit" }])
+                .args(vcpu_cpus_args())
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
                 .spawn()?;
@@ -608,6 +660,18 @@ fn mirror_stats_consistent(a: &lru_mirror::Stats, b: &lru_mirror::Stats) -> Resu
 
 fn run_role(role: &str, o: &Opts) -> Result<()> {
     let seed = o.seed.unwrap_or(1);
+    // A guest program that livelocks is reported with the guest's
+    // registers while the chaos runs, instead of surfacing only as a child
+    // that will not stop at the end.  Generous limits: a churn VM's
+    // program covers 4 MiB (well under a second normally), the guest's run
+    // covers up to half its memory with swap-in, about 7 s per call for 32
+    // MiB on the debug kernel (2026-12-01), so 110 s per 32 MiB.
+    let limit = if role == "guest" {
+        Duration::from_secs(110) * (o.guest_mem / (32 << 20)).max(1) as u32
+    } else {
+        Duration::from_secs(60)
+    };
+    kvm::set_run_limit(limit);
     match role {
         "guest" => role_guest(seed, o.guest_mem),
         "churn" => role_churn(seed),
@@ -616,6 +680,18 @@ fn run_role(role: &str, o: &Opts) -> Result<()> {
         "mirror-user" => role_mirror_user(seed),
         _ => bail!("unknown role {role}"),
     }
+}
+
+/// `--vcpu-cpus` for a child process: the CPUs this one's guests run on.
+fn vcpu_cpus_args() -> [String; 2] {
+    let cpus = kvm::vcpu_cpus();
+    let list = if cpus.is_empty() {
+        "any".to_string()
+    } else {
+        let l: Vec<String> = cpus.iter().map(|c| c.to_string()).collect();
+        l.join(",")
+    };
+    ["--vcpu-cpus".to_string(), list]
 }
 
 /// Starts this binary as a child of `role`, inside memcg `cg` (moved there
@@ -628,7 +704,8 @@ fn spawn_child(role: &str, cg: &Memcg, seed: u64, o: &Opts) -> Result<Child> {
     );
     let mut cmd = Command::new(std::env::current_exe()?);
     cmd.args(["--role", role, "--seed", &seed.to_string()])
-        .args(["--guest-mem", &o.guest_mem.to_string()])
+        .args(["--guest-mem", &o.guest_mem.to_string()]);
+    cmd.args(vcpu_cpus_args())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped());
     // Opened here (close-on-exec), written by the child between fork and
@@ -1541,6 +1618,10 @@ fn kinds_of(name: &str) -> &'static [&'static str] {
 
 fn main() {
     let o = Opts::parse();
+    if let Err(e) = vcpu_cpus(&o).and_then(|c| kvm::set_vcpu_cpus(&c)) {
+        eprintln!("error: --vcpu-cpus: {e:#}");
+        std::process::exit(2);
+    }
     if let Some(role) = &o.role {
         if let Err(e) = run_role(role, &o) {
             println!("VIOLATION child: {role}: {e:#}");
