@@ -184,6 +184,12 @@ fn lru_gen_stress_bad_values() {
         (STRESS, &["-s", "x"], &["--seed", "'x'"]),
         (STRESS, &["--min-passes", "-1"], &["-1"]),
         (STRESS, &["--role", "bogus"], &["--role", "bogus"]),
+        // An accepted value: only the bad option is named.
+        (
+            STRESS,
+            &["--vcpu-cpus", "any", "-d", "0"],
+            &["--duration", "'0'"],
+        ),
         (
             STRESS,
             &["--vcpu-cpus", "x"],
@@ -215,4 +221,16 @@ fn lru_gen_stress_bad_values() {
             &["--vcpu-cpus", "CPU 64 is above 63"],
         ),
     ]);
+}
+
+#[test]
+fn lru_gen_stress_rejects_a_cpu_it_may_not_use() {
+    let allowed = mglru_selftest::kvm::allowed_cpus().expect("sched_getaffinity");
+    let Some(c) = (0..64).find(|c| !allowed.contains(c)) else {
+        // Every CPU below 64 is usable: the bound is tested by "64" above.
+        return;
+    };
+    let arg = c.to_string();
+    let msg = format!("CPU {c} is not one this process may run on");
+    expect_usage_errors(&[(STRESS, &["--vcpu-cpus", &arg][..], &[msg.as_str()][..])]);
 }

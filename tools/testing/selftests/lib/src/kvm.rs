@@ -1026,8 +1026,11 @@ impl Pin {
 
 impl Drop for Pin {
     fn drop(&mut self) {
-        // Best effort: a thread left pinned only runs slower.
-        let _ = set_affinity(&self.old);
+        // A thread left pinned only runs slower, but say so (once).
+        if let Err(e) = set_affinity(&self.old) {
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| eprintln!("kvm: restoring a vCPU thread's CPU mask: {e:#}"));
+        }
     }
 }
 
@@ -1105,8 +1108,10 @@ impl Watchdog {
 
 impl Drop for Watchdog {
     fn drop(&mut self) {
-        // SAFETY: `self.timer` is live (invariant) and deleted once; no
-        // tick arrives after timer_delete() returns.
+        // SAFETY: `self.timer` is live (invariant) and deleted once.  A
+        // tick already queued stays pending after timer_delete(); it is
+        // harmless: the handler stays installed (SA_RESTART, so other
+        // calls restart) and run_until's loop retries an EINTR'd KVM_RUN.
         unsafe { libc::timer_delete(self.timer) };
     }
 }

@@ -148,13 +148,15 @@ fn parse_cpu_choice(s: &str) -> Result<CpuChoice, String> {
     if s == "any" {
         return Ok(CpuChoice::Any);
     }
-    let mut cpus = Vec::new();
-    for w in s.split(',') {
-        let c: usize = w
-            .parse()
-            .map_err(|_| format!("'{w}' is not a CPU number (want e.g. 1, 0,1 or any)"))?;
+    let cpus = s
+        .split(',')
+        .map(|w| {
+            w.parse::<usize>()
+                .map_err(|_| format!("'{w}' is not a CPU number (want e.g. 1, 0,1 or any)"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    for &c in &cpus {
         kvm::check_cpu(c).map_err(|e| format!("{e:#}"))?;
-        cpus.push(c);
     }
     Ok(CpuChoice::List(cpus))
 }
@@ -165,14 +167,17 @@ fn vcpu_cpus(o: &Opts) -> Result<Vec<usize>> {
     Ok(match &o.vcpu_cpus {
         Some(CpuChoice::Any) => Vec::new(),
         Some(CpuChoice::List(l)) => l.clone(),
-        None => {
-            let all = kvm::allowed_cpus()?;
-            match all.last() {
-                Some(&last) if all.len() >= 2 => vec![last],
-                _ => Vec::new(),
-            }
-        }
+        None => default_vcpu_cpus(&kvm::allowed_cpus()?),
     })
+}
+
+/// The default of `--vcpu-cpus` given the CPUs this process may use: the
+/// last one when there are two or more, else no pinning.
+fn default_vcpu_cpus(allowed: &[usize]) -> Vec<usize> {
+    match allowed {
+        [_, .., last] => vec![*last],
+        _ => Vec::new(),
+    }
 }
 
 /// `--guest-mem`: a size from 1 MiB to 1 GiB.
@@ -667,7 +672,7 @@ fn run_role(role: &str, o: &Opts) -> Result<()> {
     // covers up to half its memory with swap-in, about 7 s per call for 32
     // MiB on the debug kernel (2026-12-01), so 110 s per 32 MiB.
     let limit = if role == "guest" {
-        Duration::from_secs(110) * (o.guest_mem / (32 << 20)).max(1) as u32
+        Duration::from_secs(110) * o.guest_mem.div_ceil(32 << 20) as u32
     } else {
         Duration::from_secs(60)
     };
@@ -1641,8 +1646,17 @@ fn main() {
         t: Ktap::new(CASES.len()),
         done: 0,
     };
+    // The checkpoint VM's programs, run by this process: a few MiB each.
+    kvm::set_run_limit(Duration::from_secs(110));
+    let cpus = kvm::vcpu_cpus();
+    let on = if cpus.is_empty() {
+        "any CPU".to_string()
+    } else {
+        format!("CPU {cpus:?}")
+    };
     r.t.diag(&format!(
-        "lru_gen_stress: {:?} of chaos, checkpoints every {:?}, seed {seed} (rerun with --seed {seed})",
+        "lru_gen_stress: {:?} of chaos, checkpoints every {:?}, guest code on {on}, seed {seed} \
+         (rerun with --seed {seed})",
         o.duration, o.checkpoint_every
     ));
     if let Err(e) = pre.and_then(|flavor| run(&o, seed, flavor, &mut r)) {
@@ -2029,6 +2043,15 @@ fn run(o: &Opts, seed: u64, flavor: Option<Flavor>, r: &mut Report) -> Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vcpu_cpus_default_is_the_last_cpu_of_two_or_more() {
+        assert_eq!(default_vcpu_cpus(&[]), Vec::<usize>::new());
+        assert_eq!(default_vcpu_cpus(&[0]), Vec::<usize>::new());
+        assert_eq!(default_vcpu_cpus(&[3]), Vec::<usize>::new());
+        assert_eq!(default_vcpu_cpus(&[0, 1]), vec![1]);
+        assert_eq!(default_vcpu_cpus(&[0, 2, 5]), vec![5]);
+    }
 
     #[test]
     fn rng_is_reproducible_and_in_range() {
