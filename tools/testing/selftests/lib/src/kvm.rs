@@ -992,9 +992,7 @@ pub fn check_cpu(c: usize) -> Result<()> {
     if c >= 64 {
         bail!("CPU {c} is above 63 (the most this test can pin to)");
     }
-    let set = get_affinity()?;
-    // SAFETY: c < 64 < CPU_SETSIZE, inside `set`.
-    if !unsafe { libc::CPU_ISSET(c, &set) } {
+    if !allowed_cpus()?.contains(&c) {
         bail!("CPU {c} is not one this process may run on (offline or outside its cpuset)");
     }
     Ok(())
@@ -1008,14 +1006,14 @@ struct Pin {
 
 impl Pin {
     fn new() -> Result<Option<Self>> {
-        let mask = VCPU_CPUS.load(Ordering::Relaxed);
-        if mask == 0 {
+        let cpus = vcpu_cpus();
+        if cpus.is_empty() {
             return Ok(None);
         }
         let old = get_affinity()?;
         // SAFETY: zero is a valid cpu_set_t.
         let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-        for c in (0..64).filter(|c| mask & (1 << c) != 0) {
+        for c in cpus {
             // SAFETY: c < 64 < CPU_SETSIZE, inside `set`.
             unsafe { libc::CPU_SET(c, &mut set) };
         }

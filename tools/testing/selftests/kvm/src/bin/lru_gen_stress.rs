@@ -709,8 +709,8 @@ fn spawn_child(role: &str, cg: &Memcg, seed: u64, o: &Opts) -> Result<Child> {
     );
     let mut cmd = Command::new(std::env::current_exe()?);
     cmd.args(["--role", role, "--seed", &seed.to_string()])
-        .args(["--guest-mem", &o.guest_mem.to_string()]);
-    cmd.args(vcpu_cpus_args())
+        .args(["--guest-mem", &o.guest_mem.to_string()])
+        .args(vcpu_cpus_args())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped());
     // Opened here (close-on-exec), written by the child between fork and
