@@ -102,6 +102,12 @@ const SVM_EXIT_VMMCALL: u64 = 0x81;
 const L2_PROGRAM: [u8; 14] = [
     0xa1, 0x00, 0x60, 0x00, 0x00, 0xa3, 0x00, 0x70, 0x00, 0x00, 0x0f, 0x01, 0xd9, 0xf4,
 ];
+// L2: mov eax, [esi] | add esi, edi | dec ecx | jnz -7 | vmmcall | hlt
+// L1's esi, edi and ecx reach L2 unchanged (VMRUN loads only rax, rsp and
+// rip from the VMCB), so L1 sets them like for READ_LOOP.
+const L2_READ_LOOP: [u8; 11] = [
+    0x8b, 0x06, 0x01, 0xfe, 0x49, 0x75, 0xf9, 0x0f, 0x01, 0xd9, 0xf4,
+];
 
 /// A VMCB (AMD APM vol. 2, appendix B) for L2: 32-bit protected mode with
 /// paging off, flat segments, nested paging on with [`NESTED_NPT_PD`] as
@@ -695,32 +701,99 @@ impl TouchVm {
     /// The VM must come from [`TouchVm::new_with_svm`]. Overwrites the
     /// reserved pages; returns the `VMMCALL` exit's L2 RIP.
     pub fn run_nested_once(&mut self, idx: usize, marker: u32) -> Result<u64> {
+        // L1's nested page table, in 32-bit two-level format (L1 runs with
+        // CR4.PAE and EFER.LMA clear): identity map of the first 4 MiB,
+        // user + writable + present, as nested walks are user accesses.
+        let mut pt = Vec::with_capacity(PAGE_SIZE);
+        for i in 0..1024u32 {
+            pt.extend_from_slice(&((i << 12) | 7).to_le_bytes());
+        }
+        self.prepare_nested(&L2_PROGRAM)?;
+        let mem = &mut self.mem;
+        mem.write_at(
+            NESTED_NPT_PD as usize,
+            &((NESTED_NPT_PT as u32) | 7).to_le_bytes(),
+        )?;
+        mem.write_at(NESTED_NPT_PT as usize, &pt)?;
+        mem.write_at(NESTED_L2_SRC as usize, &marker.to_le_bytes())?;
+        self.run_nested(idx, kvm_regs::default())?;
+        let copied = self.mem.read_u32_at(NESTED_L2_DST as usize)?;
+        if copied != marker {
+            bail!("L2 copied {copied:#x}, expected the marker {marker:#x}");
+        }
+        Ok(u64::from(
+            self.mem.read_u32_at(NESTED_VMCB as usize + 0x400 + 0x178)?,
+        ))
+    }
+
+    /// Has vCPU `idx` run a nested (L2) guest that reads `count` pages,
+    /// every `stride`-th page of data memory from page `first`, through
+    /// L1's nested page table (an identity map of all data memory in 4 MiB
+    /// pages). KVM shadows that table, so each page L2 reads is mapped by a
+    /// shadow SPTE and has an rmap entry besides its TDP MMU SPTE, and its
+    /// accessed state from then on is in the shadow SPTE only: L2's reads
+    /// set no Accessed bit in the TDP MMU or the host page table.
+    ///
+    /// Like [`TouchVm::run_nested_once`], for a VM from
+    /// [`TouchVm::new_with_svm`]; overwrites the reserved pages (which L2
+    /// may read too).
+    pub fn run_nested_read(
+        &mut self,
+        idx: usize,
+        first: usize,
+        count: usize,
+        stride: usize,
+    ) -> Result<()> {
+        let pages = self.mem.pages();
+        if count == 0 || stride == 0 || first + (count - 1) * stride >= pages {
+            bail!("bad nested read: pages {first}+{count}x{stride} of {pages}");
+        }
+        // 1024 present, writable, user 4 MiB pages (PS): all of the 32-bit
+        // guest physical space, identity.
+        let mut pd = Vec::with_capacity(PAGE_SIZE);
+        for i in 0..1024u32 {
+            pd.extend_from_slice(&((i << 22) | 0x87).to_le_bytes());
+        }
+        self.prepare_nested(&L2_READ_LOOP)?;
+        self.mem.write_at(NESTED_NPT_PD as usize, &pd)?;
+        let regs = kvm_regs {
+            rsi: self.data_gpa + (first * PAGE_SIZE) as u64,
+            rdi: (stride * PAGE_SIZE) as u64,
+            rcx: count as u64,
+            ..Default::default()
+        };
+        let after = self.run_nested(idx, regs)?;
+        if after.rcx != 0 {
+            bail!(
+                "L2 left its read loop with {} of {count} pages to go",
+                after.rcx
+            );
+        }
+        Ok(())
+    }
+
+    /// Zeroes the reserved pages, then writes L1's own page directory
+    /// (1024 present, writable 4 MiB pages), L2's program and the VMCB;
+    /// the caller writes the nested page table.
+    fn prepare_nested(&mut self, l2_program: &[u8]) -> Result<()> {
         let mem = &mut self.mem;
         for page in 1..10 {
             mem.write_at(page * PAGE_SIZE, &[0u8; PAGE_SIZE])?;
         }
-        // L1's own page directory: 1024 present, writable 4 MiB pages.
         let mut pd = Vec::with_capacity(PAGE_SIZE);
         for i in 0..1024u32 {
             pd.extend_from_slice(&((i << 22) | 0x83).to_le_bytes());
         }
         mem.write_at(NESTED_L1_PD as usize, &pd)?;
-        // L1's nested page table, in 32-bit two-level format (L1 runs with
-        // CR4.PAE and EFER.LMA clear): identity map of the first 4 MiB,
-        // user + writable + present, as nested walks are user accesses.
-        mem.write_at(
-            NESTED_NPT_PD as usize,
-            &((NESTED_NPT_PT as u32) | 7).to_le_bytes(),
-        )?;
-        let mut pt = Vec::with_capacity(PAGE_SIZE);
-        for i in 0..1024u32 {
-            pt.extend_from_slice(&((i << 12) | 7).to_le_bytes());
-        }
-        mem.write_at(NESTED_NPT_PT as usize, &pt)?;
-        mem.write_at(NESTED_L2_CODE as usize, &L2_PROGRAM)?;
-        mem.write_at(NESTED_L2_SRC as usize, &marker.to_le_bytes())?;
-        mem.write_at(NESTED_VMCB as usize, &vmcb12())?;
+        mem.write_at(NESTED_L2_CODE as usize, l2_program)?;
+        mem.write_at(NESTED_VMCB as usize, &vmcb12())
+    }
 
+    /// Runs L1's `VMRUN` program on vCPU `idx` with paging on (see
+    /// [`TouchVm::run_nested_once`]) and `regs`' rsi, rdi and rcx, which
+    /// L2 inherits; checks that L2 left through `VMMCALL` and returns L1's
+    /// registers afterwards.
+    fn run_nested(&mut self, idx: usize, regs: kvm_regs) -> Result<kvm_regs> {
         let vcpu = self.vcpus.get_mut(idx).context("no such vCPU")?;
         let flat = vcpu.get_sregs().context("KVM_GET_SREGS")?;
         let mut paged = flat;
@@ -732,13 +805,15 @@ impl TouchVm {
         let regs = kvm_regs {
             rip: CODE_GPA + VMRUN_OFF,
             rflags: 0x2,
-            ..Default::default()
+            ..regs
         };
         vcpu.set_regs(&regs).context("KVM_SET_REGS")?;
         let run = run_until_done(vcpu);
         vcpu.set_sregs(&flat)
             .context("KVM_SET_SREGS (paging off)")?;
         run?;
+        let after = vcpu.get_regs().context("KVM_GET_REGS")?;
+        let mem = &self.mem;
         let vmcb = NESTED_VMCB as usize;
         let code = u64::from(mem.read_u32_at(vmcb + 0x70)?)
             | u64::from(mem.read_u32_at(vmcb + 0x74)?) << 32;
@@ -750,11 +825,7 @@ impl TouchVm {
                 mem.read_u32_at(vmcb + 0x80)?
             );
         }
-        let copied = mem.read_u32_at(NESTED_L2_DST as usize)?;
-        if copied != marker {
-            bail!("L2 copied {copied:#x}, expected the marker {marker:#x}");
-        }
-        Ok(u64::from(mem.read_u32_at(vmcb + 0x400 + 0x178)?))
+        Ok(after)
     }
 
     /// Number of vCPUs.

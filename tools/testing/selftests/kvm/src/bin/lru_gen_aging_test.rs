@@ -34,6 +34,7 @@ use clap::{CommandFactory, Parser, ValueEnum};
 use mglru_selftest::aging::{self, age_once, Pass, MIN_TOUCHED};
 use mglru_selftest::features::{self, caps};
 use mglru_selftest::kvm::{Access, Backing, TouchVm, MAX_DATA, NESTED_RESERVED_PAGES, PAGE_SIZE};
+use mglru_selftest::lru_gen;
 use mglru_selftest::memcg::Memcg;
 use mglru_selftest::timing::{ms, timed, Ratio, Stats};
 use mglru_selftest::units::{parse_fraction, parse_size, stride_for};
@@ -359,6 +360,63 @@ fn nested_vm_ages_fast(t: &Ktap, o: &Opts, cg: &Memcg) -> Result<()> {
     Ok(())
 }
 
+/// A VM whose nested guest maps most of its memory: L2 read every page of
+/// its 64 MiB once, so the shadow MMU maps all of it (rmaps) next to the TDP
+/// MMU. Then L2 alone reads every other page: that accessed state is in the
+/// shadow SPTEs only, so a pass must consult the rmaps to promote those
+/// pages. With 0x8 the fast-only op must answer for the whole batch, the
+/// shadow part under one `mmu_lock` trylock per batch, instead of failing
+/// every shadow-mapped page onto the per-page `clear_young()` fallback: at
+/// most one batch may fail (a trylock that lost to a concurrent writer), and
+/// the young answers must come from the fast op. With 0x8 clear the same
+/// pages are promoted through 6.12's path.
+fn nested_heavy_vm_ages_fast(t: &Ktap, cg: &Memcg) -> Result<()> {
+    /// A trylock that fails fails one batch (a PTE table's pages).
+    const ONE_BATCH: u64 = 512;
+    let mut vm = TouchVm::new_with_svm(64 << 20, 1, Backing::Anon4k)?;
+    let pages = vm.mem.pages();
+    vm.touch_all(0, pages, Access::Write(0x6865_6176))?;
+    let before = vm.debugfs_stat("pages_4k")?;
+    vm.run_nested_read(0, 0, pages, 1)?;
+    let shadow = vm.debugfs_stat("pages_4k")?.saturating_sub(before);
+    t.diag(&format!(
+        "nested guest mapped {shadow} of {pages} pages through shadow SPTEs"
+    ));
+    if shadow < pages as u64 / 2 {
+        bail!("the nested guest maps {shadow} of {pages} pages, want at least half");
+    }
+    let count = pages / 2;
+    let mut pass = |mask: u32| -> Result<Pass> {
+        features::set_lru_gen_caps(mask)?;
+        aging::measured_pass(cg, count as u64, (pages - count) as u64, || {
+            vm.run_nested_read(0, 0, count, 2)
+        })
+    };
+    let on = pass(ALL_CAPS)?;
+    let off = pass(NO_SECONDARY)?;
+    t.diag(&format!("nested-heavy VM: 0x8 on: {}", on.describe()));
+    t.diag(&format!("nested-heavy VM: 0x8 off: {}", off.describe()));
+    on.check_fractions()?;
+    check_off(&off, true)?;
+    let (q, s, e) = (on.counter('q')?, on.counter('s')?, on.counter('e')?);
+    if q < pages as u64 {
+        bail!("{q} pages asked fast-only for {pages} mapped guest pages");
+    }
+    if e > ONE_BATCH {
+        bail!(
+            "{e} of {q} pages asked fast-only failed: the shadow-mapped pages went to the \
+             per-page locked fallback (at most one batch, {ONE_BATCH}, may fail)"
+        );
+    }
+    if (s as f64) < MIN_TOUCHED * on.touched as f64 {
+        bail!(
+            "only {s} fast-only young answers for {} pages the nested guest read",
+            on.touched
+        );
+    }
+    Ok(())
+}
+
 /// Mean aging pass time per 0x8 state, passes interleaved (on, off, on, ...)
 /// so that drift hits both alike. Before each pass the guest touches its
 /// subset, so every pass has the same work.
@@ -461,11 +519,20 @@ fn races(t: &Ktap, cg: &Memcg) -> Result<()> {
     let watch = sys::DmesgWatch::start()?;
     let stop = AtomicBool::new(false);
     let passes = AtomicU64::new(0);
+    // Pages asked and failed fast-only over all passes: memslot deletion
+    // invalidates the VM's roots, and zapping them freezes their SPTEs, but
+    // aging walks valid roots only, so nothing fails while that happens.
+    let (asked, failed) = (AtomicU64::new(0), AtomicU64::new(0));
     std::thread::scope(|s| {
         let ager = s.spawn(|| -> Result<()> {
             while !stop.load(Ordering::Relaxed) {
-                age_once(cg)?;
+                let (seq, _) = age_once(cg)?;
                 passes.fetch_add(1, Ordering::Relaxed);
+                let node = lru_gen::node_full_of(&cg.path(), aging::NID)?;
+                if let Some(w) = node.gen(seq).and_then(|g| g.walk.as_ref()) {
+                    asked.fetch_add(w.get('q').unwrap_or(0), Ordering::Relaxed);
+                    failed.fetch_add(w.get('e').unwrap_or(0), Ordering::Relaxed);
+                }
             }
             Ok(())
         });
@@ -502,9 +569,23 @@ fn races(t: &Ktap, cg: &Memcg) -> Result<()> {
         work.and(aged)
     })?;
     let n = passes.load(Ordering::Relaxed);
-    t.diag(&format!("{ROUNDS} rounds raced {n} aging passes"));
+    let (q, e) = (
+        asked.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed),
+    );
+    t.diag(&format!(
+        "{ROUNDS} rounds raced {n} aging passes: {q} pages asked fast-only, {e} failed"
+    ));
     if n < u64::from(ROUNDS) {
         bail!("only {n} aging passes ran concurrently");
+    }
+    if q == 0 {
+        bail!("no page was asked fast-only during the races");
+    }
+    // A cmpxchg that loses three times in a row to vCPU faults fails its
+    // page; a whole frozen root (up to 512 pages per table) must not.
+    if e * 100 > q {
+        bail!("{e} of {q} pages asked fast-only failed while roots were invalidated");
     }
     watch.expect_clean()?;
     Ok(())
@@ -743,7 +824,7 @@ fn main() {
     o.validate();
     environment();
 
-    let planned = if o.perf { 5 } else { 9 };
+    let planned = if o.perf { 5 } else { 10 };
     let mut t = Ktap::new(planned);
     let (guard, cg) = match aging::enter_sandbox(MEMCG) {
         Ok(v) => v,
@@ -864,6 +945,7 @@ fn main() {
             "accuracy_thp_0x8_on",
             "batch_spans_memslots_holes_and_vmas",
             "nested_guest_vm_still_ages_fast",
+            "nested_heavy_vm_ages_shadow_pages_fast",
             "aging_races_faults_memslots_teardown",
         ] {
             t.skip(name, why);
@@ -874,6 +956,10 @@ fn main() {
         t.check(
             "nested_guest_vm_still_ages_fast",
             nested_vm_ages_fast(&t, &o, &cg),
+        );
+        t.check(
+            "nested_heavy_vm_ages_shadow_pages_fast",
+            nested_heavy_vm_ages_fast(&t, &cg),
         );
         let mut race = races(&t, &cg);
         if let (Ok(()), Some(w)) = (&race, &watch) {

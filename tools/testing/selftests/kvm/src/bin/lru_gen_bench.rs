@@ -72,6 +72,11 @@ struct Opts {
     /// the 1 GiB points from dominating the run time.
     #[arg(long, default_value = "128M", value_parser = parse_size)]
     round_mem: usize,
+    /// Also run the nested-heavy point: a 1-vCPU VM of this size whose
+    /// nested (L2) guest maps all of its memory through shadow SPTEs; 0 or
+    /// "off" disables.
+    #[arg(long, default_value = "64M", value_parser = parse_size_or_off)]
+    nested_point: usize,
     /// Directory for bench.json and the plot data.
     #[arg(short = 'o', long, default_value = "results")]
     out: PathBuf,
@@ -124,6 +129,21 @@ struct Point {
     /// Indexed like `STATES`.
     rounds: [Rounds; 3],
     thp: Option<[Column; 2]>,
+    secs: f64,
+}
+
+/// The nested-heavy point: 0x8 on/off passes over a VM whose L2 guest
+/// maps all of its memory (accessed state in shadow SPTEs, aged through
+/// rmaps under `mmu_lock`), and L1's re-fault rounds with aging looping.
+struct NestedPoint {
+    bytes: usize,
+    pages: u64,
+    on: Column,
+    off: Column,
+    /// Pages failed fast-only per 0x8-on pass (`e`).
+    failed: Vec<u64>,
+    /// Indexed like `STATES`.
+    rounds: [Rounds; 3],
     secs: f64,
 }
 
@@ -327,6 +347,71 @@ fn run_point(o: &Opts, cg: &Memcg, m: usize, v: u32, start: Instant) -> Result<P
     Ok(pt)
 }
 
+/// The nested-heavy point (see [`NestedPoint`]). Before every pass L2
+/// alone reads every `stride`-th page, so what the pass finds young is in
+/// shadow SPTEs only; before every round L2 reads all memory again, so the
+/// shadow MMU maps it all while aging loops and L1 re-faults.
+fn run_nested_point(o: &Opts, cg: &Memcg, bytes: usize, start: Instant) -> Result<NestedPoint> {
+    let t0 = Instant::now();
+    let label = format!("nested-heavy {}", size(bytes));
+    let mut vm = TouchVm::new_with_svm(bytes, 1, Backing::Anon4k)?;
+    let pages = vm.mem.pages();
+    progress(start, &format!("{label}: L1 faults in, L2 maps all of it"));
+    vm.touch_all(0, pages, Access::Write(0x6e65_7374))?;
+    vm.run_nested_read(0, 0, pages, 1)?;
+    let mut pt = NestedPoint {
+        bytes,
+        pages: pages as u64,
+        on: Column::default(),
+        off: Column::default(),
+        failed: Vec::new(),
+        rounds: Default::default(),
+        secs: 0.0,
+    };
+    progress(
+        start,
+        &format!("{label}: aging passes, 0x8 on/off x {}", o.repeat),
+    );
+    let stride = o.stride as usize;
+    let count = pages.div_ceil(stride);
+    for _ in 0..o.repeat {
+        for mask in [ON, OFF] {
+            features::set_lru_gen_caps(mask)?;
+            let p = aging::measured_pass(cg, count as u64, (pages - count) as u64, || {
+                vm.run_nested_read(0, 0, count, stride)
+            })?;
+            if mask == ON {
+                pt.on.add(&p);
+                pt.failed.push(p.counter('e')?);
+            } else {
+                pt.off.add(&p);
+            }
+        }
+    }
+    let khz = vm.tsc_khz()? as f64;
+    let window = pages.min(o.round_mem / PAGE_SIZE).max(4);
+    progress(
+        start,
+        &format!(
+            "{label}: L1 re-fault rounds over {} MiB, aging none/on/off x {}",
+            (window * PAGE_SIZE) >> 20,
+            o.repeat
+        ),
+    );
+    for r in 0..o.repeat as usize {
+        for (k, (_, mask)) in STATES.iter().enumerate() {
+            vm.run_nested_read(0, 0, pages, 1)?;
+            round(&mut vm, cg, r, 1, window, *mask, &mut pt.rounds[k], khz)?;
+        }
+    }
+    for r in &mut pt.rounds {
+        r.lat.sort_by(f64::total_cmp);
+    }
+    pt.secs = t0.elapsed().as_secs_f64();
+    progress(start, &format!("{label}: done in {:.0}s", pt.secs));
+    Ok(pt)
+}
+
 fn stats_of(v: &[Duration]) -> Option<Stats> {
     Stats::of(v)
 }
@@ -402,14 +487,6 @@ fn report(pts: &[Point]) -> Vec<String> {
     out.push("guest re-fault round (ms) none | on | off | on/off | on/none ; write latency of re-faulted pages p50/p99/max (us) on vs off".into());
     for p in pts {
         let [none, on, off] = &p.rounds;
-        let lat = |r: &Rounds| {
-            format!(
-                "{:.1}/{:.1}/{:.0}",
-                quantile(&r.lat, 0.5) / 1e3,
-                quantile(&r.lat, 0.99) / 1e3,
-                quantile(&r.lat, 1.0) / 1e3
-            )
-        };
         out.push(format!(
             "{:>4} x {}: {} | {} | {} | {} | {} ; on {} vs off {} (none {}); passes on {} off {}",
             size(p.mem_per_vcpu),
@@ -419,14 +496,59 @@ fn report(pts: &[Point]) -> Vec<String> {
             ms_sd(&off.times),
             ratio_str(ratio(&on.times, &off.times)),
             ratio_str(ratio(&on.times, &none.times)),
-            lat(on),
-            lat(off),
-            lat(none),
+            latency(on),
+            latency(off),
+            latency(none),
             on.passes,
             off.passes
         ));
     }
     out
+}
+
+fn latency(r: &Rounds) -> String {
+    format!(
+        "{:.1}/{:.1}/{:.0}",
+        quantile(&r.lat, 0.5) / 1e3,
+        quantile(&r.lat, 0.99) / 1e3,
+        quantile(&r.lat, 1.0) / 1e3
+    )
+}
+
+fn report_nested(p: &NestedPoint) -> Vec<String> {
+    let [none, on, off] = &p.rounds;
+    vec![
+        format!(
+            "nested-heavy VM ({} x 1 vCPU, L2 maps all of it): aging pass (ms) off {} | on {} | \
+             off/on {} | pages/call on {:.0} | pages failed per on pass {:?}",
+            size(p.bytes),
+            ms_sd(&p.off.passes),
+            ms_sd(&p.on.passes),
+            ratio_str(ratio(&p.off.passes, &p.on.passes)),
+            mean(&p.on.asked_per_call),
+            p.failed
+        ),
+        format!(
+            "nested-heavy VM accuracy: on {} / {} | off {} / {}",
+            pct(&p.on.touched),
+            pct(&p.on.untouched),
+            pct(&p.off.touched),
+            pct(&p.off.untouched)
+        ),
+        format!(
+            "nested-heavy VM L1 re-fault round (ms) none {} | on {} | off {} | on/off {} ; \
+             write latency p50/p99/max (us) on {} vs off {} (none {}); passes on {} off {}",
+            ms_sd(&none.times),
+            ms_sd(&on.times),
+            ms_sd(&off.times),
+            ratio_str(ratio(&on.times, &off.times)),
+            latency(on),
+            latency(off),
+            latency(none),
+            on.passes,
+            off.passes
+        ),
+    ]
 }
 
 fn dur_json(v: &[Duration]) -> Value {
@@ -455,10 +577,10 @@ fn col_json(c: &Column, pages: u64) -> Value {
     })
 }
 
-fn point_json(p: &Point) -> Value {
-    let rounds: serde_json::Map<String, Value> = STATES
+fn rounds_json(rounds: &[Rounds; 3]) -> Value {
+    let m: serde_json::Map<String, Value> = STATES
         .iter()
-        .zip(&p.rounds)
+        .zip(rounds)
         .map(|((name, _), r)| {
             (
                 name.to_string(),
@@ -475,6 +597,25 @@ fn point_json(p: &Point) -> Value {
             )
         })
         .collect();
+    Value::Object(m)
+}
+
+fn nested_json(p: &NestedPoint) -> Value {
+    json!({
+        "total_mib": p.bytes >> 20,
+        "vcpus": 1,
+        "pages": p.pages,
+        "seconds": p.secs,
+        "off": col_json(&p.off, p.pages),
+        "on": col_json(&p.on, p.pages),
+        "failed_per_on_pass": p.failed,
+        "off_over_on": ratio_json(ratio(&p.off.passes, &p.on.passes)),
+        "rounds": rounds_json(&p.rounds),
+        "round_on_over_off": ratio_json(ratio(&p.rounds[1].times, &p.rounds[2].times)),
+    })
+}
+
+fn point_json(p: &Point) -> Value {
     json!({
         "mem_per_vcpu_mib": p.mem_per_vcpu >> 20,
         "vcpus": p.vcpus,
@@ -486,7 +627,7 @@ fn point_json(p: &Point) -> Value {
         "floor": col_json(&p.floor, p.pages),
         "off_over_on": ratio_json(ratio(&p.off.passes, &p.on.passes)),
         "on_over_floor": ratio_json(ratio(&p.on.passes, &p.floor.passes)),
-        "rounds": rounds,
+        "rounds": rounds_json(&p.rounds),
         "round_on_over_off": ratio_json(ratio(&p.rounds[1].times, &p.rounds[2].times)),
         "thp": p.thp.as_ref().map(|[on, off]| json!({
             "on": col_json(on, p.pages), "off": col_json(off, p.pages)
@@ -574,6 +715,18 @@ fn main() -> Result<()> {
             )
             .exit();
     }
+    if o.nested_point != 0 && (!o.nested_point.is_multiple_of(2 << 20) || o.nested_point > MAX_DATA)
+    {
+        <Opts as clap::CommandFactory>::command()
+            .error(
+                clap::error::ErrorKind::ValueValidation,
+                format!(
+                    "--nested-point must be 0/off or a multiple of 2M up to {}M",
+                    MAX_DATA >> 20
+                ),
+            )
+            .exit();
+    }
     let max_total = o.max_total.unwrap_or(MAX_DATA);
     std::fs::create_dir_all(&o.out).with_context(|| format!("creating {}", o.out.display()))?;
     let start = Instant::now();
@@ -597,9 +750,17 @@ fn main() -> Result<()> {
             pts.push(run_point(&o, &cg, m, v, start)?);
         }
     }
+    let nested = if o.nested_point == 0 {
+        None
+    } else {
+        Some(run_nested_point(&o, &cg, o.nested_point, start)?)
+    };
     drop(cg);
     drop(guard);
-    let lines = report(&pts);
+    let mut lines = report(&pts);
+    if let Some(n) = &nested {
+        lines.extend(report_nested(n));
+    }
     for l in &lines {
         println!("{l}");
     }
@@ -615,6 +776,7 @@ fn main() -> Result<()> {
         "round_mem_mib": o.round_mem >> 20,
         "seconds": total_secs,
         "points": pts.iter().map(point_json).collect::<Vec<_>>(),
+        "nested_heavy": nested.as_ref().map(nested_json),
         "skipped": skipped,
         "table": lines,
     });
