@@ -12,7 +12,8 @@
 //! - `MIRROR {start, len, flags}`: fault the range in (`pin_user_pages_fast()`, pages are unpinned
 //!   right away) and map it in the device. One mirror per open file. Flag `NO_FAST_OP` registers
 //!   the notifier *without* `test_clear_young_fast_only()`, like a secondary MMU that cannot age
-//!   fast.
+//!   fast. While it runs (registering and faulting in up to 1 GiB) the file is *mirroring*:
+//!   `MIRROR`, `ACCESS` and `UNMIRROR` on it fail with `EBUSY`, the other ioctls work.
 //! - `ACCESS {start, len}`: access the device-mapped pages of the range through the device;
 //!   returns how many pages were accessed (unmapped ones are not).
 //! - `CONFIG flags`: `FAIL_FAST` makes the fast-only op answer "failed" for every asked page
@@ -32,7 +33,9 @@
 //! `invalidate_range_end()`, and `MIRROR` commits its pages, under a spinlock that invalidations
 //! also take, only if no invalidation started or was running since it faulted them in; so the
 //! device never maps a page whose host mapping is gone. The aging ops use atomics only (no lock).
-//! Bad ioctl arguments fail with `EINVAL`/`EFAULT`/`EBUSY` and change nothing.
+//! Bad ioctl arguments fail with `EINVAL`/`EFAULT`/`EBUSY` and change nothing. The file's state,
+//! the mirror's page table and its notifier are charged to the memory cgroup of the process that
+//! opens or mirrors.
 //!
 //! 64-bit only: addresses and lengths are handled as `usize`.
 
@@ -119,11 +122,11 @@ pub mod uapi {
 
     /// ioctl type byte.
     pub const TYPE: u32 = b'm' as u32;
-    /// Map a range.
+    /// Map a range; `EBUSY` if the file has a mirror or is mirroring.
     pub const MIRROR: u32 = _IOW::<MirrorArgs>(TYPE, 0x40);
-    /// Drop the mirror.
+    /// Drop the mirror; `EINVAL` if there is none, `EBUSY` while mirroring.
     pub const UNMIRROR: u32 = _IO(TYPE, 0x41);
-    /// Access pages through the device.
+    /// Access pages through the device; `EINVAL` without a mirror, `EBUSY` while mirroring.
     pub const ACCESS: u32 = _IOW::<AccessArgs>(TYPE, 0x42);
     /// Set the failure knobs [`CONFIG_FAIL_FAST`] or [`CONFIG_FAIL_AFTER`] (0 clears both).
     pub const CONFIG: u32 = _IOW::<u64>(TYPE, 0x43);
@@ -227,10 +230,11 @@ struct MirrorState {
 
 impl MirrorState {
     fn new(start: usize, npages: usize, shared: Arc<Shared>) -> Result<impl PinInit<Self, Error>> {
-        // Up to 256 KiB: let it come from vmalloc when kmalloc has no such block.
-        let mut pages = KVVec::with_capacity(npages, GFP_KERNEL)?;
+        // Up to 256 KiB: let it come from vmalloc when kmalloc has no such block. Userspace
+        // decides how big it is and how long it lives: charge it to its memory cgroup.
+        let mut pages = KVVec::with_capacity(npages, GFP_KERNEL_ACCOUNT)?;
         for _ in 0..npages {
-            pages.push(AtomicU8::new(0), GFP_KERNEL)?;
+            pages.push(AtomicU8::new(0), GFP_KERNEL_ACCOUNT)?;
         }
         // INVARIANT: `pages.len() == npages`, and no page is `MAPPED` before `map_all` commits.
         Ok(try_pin_init!(Self {
@@ -354,9 +358,7 @@ impl MirrorState {
                 if inv.active != 0 {
                     // Wait for the running invalidation instead of faulting in for nothing.
                     drop(inv);
-                    // SAFETY: called in process context with no spinlock held (the session
-                    // mutex is held, which allows sleeping); it only yields the CPU.
-                    unsafe { bindings::schedule() };
+                    cond_resched();
                     continue;
                 }
                 inv.seq
@@ -389,6 +391,19 @@ impl MirrorState {
         self.young(address, address + 1, false)
     }
 }
+
+/// `cond_resched()`: lets other tasks run if this one should yield. Process context, no lock
+/// held.
+#[cfg(any(not(CONFIG_PREEMPTION), CONFIG_PREEMPT_DYNAMIC))]
+fn cond_resched() {
+    // SAFETY: `__cond_resched()` may sleep; the only caller runs in process context (an ioctl)
+    // and holds no lock.
+    unsafe { bindings::__cond_resched() };
+}
+
+/// A fully preemptible kernel preempts where `cond_resched()` would yield: nothing to do.
+#[cfg(all(CONFIG_PREEMPTION, not(CONFIG_PREEMPT_DYNAMIC)))]
+fn cond_resched() {}
 
 /// Busy-waits for a moment without sleeping (invalidations may not sleep): the window that
 /// [`uapi::CONFIG_SLOW_INVALIDATE`] opens for tests.
@@ -490,6 +505,26 @@ enum Mirror {
 }
 
 impl Mirror {
+    /// Registers a mirror of `[start, start + npages pages)` for the current process and maps
+    /// it. Dropping it unregisters.
+    fn new(start: usize, npages: usize, flags: u64, shared: Arc<Shared>) -> Result<Self> {
+        let state = MirrorState::new(start, npages, shared)?;
+        // The notifier is registered before faulting in, so no invalidation is missed.
+        let mirror = if flags & uapi::MIRROR_NO_FAST_OP != 0 {
+            Mirror::Slow(KBox::pin_init(
+                Registration::new_for_current(try_pin_init!(SlowMirror { st <- state }? Error)),
+                GFP_KERNEL_ACCOUNT,
+            )?)
+        } else {
+            Mirror::Fast(KBox::pin_init(
+                Registration::new_for_current(try_pin_init!(FastMirror { st <- state }? Error)),
+                GFP_KERNEL_ACCOUNT,
+            )?)
+        };
+        mirror.state().map_all()?;
+        Ok(mirror)
+    }
+
     fn state(&self) -> &MirrorState {
         match self {
             Mirror::Fast(r) => &r.data().st,
@@ -498,11 +533,33 @@ impl Mirror {
     }
 }
 
+/// What an open file mirrors.
+enum Slot {
+    /// Nothing.
+    Empty,
+    /// A `MIRROR` is registering and faulting in, without holding [`Session::mirror`].
+    Mirroring,
+    /// A mapped mirror.
+    Mapped(Mirror),
+}
+
+impl Slot {
+    /// The mapped mirror: `EINVAL` if there is none, `EBUSY` while one is being set up.
+    fn mapped(&self) -> Result<&Mirror> {
+        match self {
+            Slot::Empty => Err(EINVAL),
+            Slot::Mirroring => Err(EBUSY),
+            Slot::Mapped(m) => Ok(m),
+        }
+    }
+}
+
 /// One open file.
 #[pin_data]
 struct Session {
+    /// Held briefly: never while registering, faulting in or unregistering.
     #[pin]
-    mirror: Mutex<Option<Mirror>>,
+    mirror: Mutex<Slot>,
     shared: Arc<Shared>,
 }
 
@@ -549,33 +606,45 @@ impl Session {
         {
             return Err(EINVAL);
         }
-        let mut guard = self.mirror.lock();
-        if guard.is_some() {
-            return Err(EBUSY);
+        {
+            let mut slot = self.mirror.lock();
+            if !matches!(*slot, Slot::Empty) {
+                return Err(EBUSY);
+            }
+            *slot = Slot::Mirroring;
         }
         let start = args.start as usize;
         let npages = (args.len as usize) >> PAGE_SHIFT;
-        let state = MirrorState::new(start, npages, self.shared.clone())?;
-        // The notifier is registered before faulting in, so no invalidation is missed.
-        let mirror = if args.flags & uapi::MIRROR_NO_FAST_OP != 0 {
-            Mirror::Slow(KBox::pin_init(
-                Registration::new_for_current(try_pin_init!(SlowMirror { st <- state }? Error)),
-                GFP_KERNEL,
-            )?)
-        } else {
-            Mirror::Fast(KBox::pin_init(
-                Registration::new_for_current(try_pin_init!(FastMirror { st <- state }? Error)),
-                GFP_KERNEL,
-            )?)
+        // Faulting in 1 GiB takes a while: without the mutex, so that the file's other ioctls
+        // answer meanwhile. A mirror that failed is dropped (unregistered) here, unlocked too.
+        let mirror = Mirror::new(start, npages, args.flags, self.shared.clone());
+        let mut slot = self.mirror.lock();
+        match mirror {
+            Ok(m) => {
+                *slot = Slot::Mapped(m);
+                Ok(0)
+            }
+            Err(e) => {
+                *slot = Slot::Empty;
+                Err(e)
+            }
+        }
+    }
+
+    fn unmirror(&self) -> Result<isize> {
+        let mirror = {
+            let mut slot = self.mirror.lock();
+            slot.mapped()?;
+            core::mem::replace(&mut *slot, Slot::Empty)
         };
-        mirror.state().map_all()?;
-        *guard = Some(mirror);
+        // Unregistering waits for running callbacks: not under the mutex.
+        drop(mirror);
         Ok(0)
     }
 
     fn access(&self, args: uapi::AccessArgs) -> Result<isize> {
-        let guard = self.mirror.lock();
-        let st = guard.as_ref().ok_or(EINVAL)?.state();
+        let slot = self.mirror.lock();
+        let st = slot.mapped()?.state();
         let end = args.start.checked_add(args.len).ok_or(EINVAL)?;
         let mirror_end = (st.start + (st.npages << PAGE_SHIFT)) as u64;
         if args.len == 0
@@ -634,7 +703,7 @@ impl Session {
             mapped_pages: self
                 .mirror
                 .lock()
-                .as_ref()
+                .mapped()
                 .map_or(0, |m| m.state().mapped()),
             accessed_pages: get(&s.accessed_pages),
         }
@@ -649,13 +718,13 @@ impl MiscDevice for LruMirror {
     const OWNER: &'static ThisModule = &THIS_MODULE;
 
     fn open() -> Result<Pin<KBox<Session>>> {
-        let shared = Arc::new(Shared::default(), GFP_KERNEL)?;
+        let shared = Arc::new(Shared::default(), GFP_KERNEL_ACCOUNT)?;
         KBox::pin_init(
             pin_init!(Session {
-                mirror <- new_mutex!(None),
+                mirror <- new_mutex!(Slot::Empty),
                 shared,
             }),
-            GFP_KERNEL,
+            GFP_KERNEL_ACCOUNT,
         )
     }
 
@@ -666,11 +735,7 @@ impl MiscDevice for LruMirror {
                 let args = UserSlice::new(arg, size).reader().read()?;
                 session.mirror(args)
             }
-            uapi::UNMIRROR => {
-                // Unregisters: waits for running callbacks.
-                session.mirror.lock().take().ok_or(EINVAL)?;
-                Ok(0)
-            }
+            uapi::UNMIRROR => session.unmirror(),
             uapi::ACCESS => {
                 let size = core::mem::size_of::<uapi::AccessArgs>();
                 let args = UserSlice::new(arg, size).reader().read()?;

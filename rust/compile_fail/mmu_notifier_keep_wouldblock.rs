@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: GPL-2.0
-//! Must not compile: keeping a `WouldBlock` beyond the invalidation it was made for, to fail a
-//! later one where the core does not accept it.
+//! Must not compile: keeping a `WouldBlock` beyond the invalidation it was made for, in `self`,
+//! to fail a later one where the core does not accept it.
 use kernel::mm::mmu_notifier::{InvalidateRange, MmuNotifierOps, WouldBlock};
 use kernel::prelude::*;
+use kernel::sync::SpinLock;
 
 module! {
     type: M,
@@ -10,19 +11,23 @@ module! {
     license: "GPL",
 }
 
-struct Owning(u64);
+#[pin_data]
+struct Keeper {
+    #[pin]
+    token: SpinLock<Option<WouldBlock<'static>>>,
+}
 
 #[vtable]
-impl MmuNotifierOps for Owning {
+impl MmuNotifierOps for Keeper {
     const OWNER: &'static ThisModule = &THIS_MODULE;
 
     fn invalidate_range_start<'r>(
         &self,
         range: &InvalidateRange<'r>,
     ) -> Result<(), WouldBlock<'r>> {
-        let _ = self.0;
-        let kept: Option<WouldBlock<'static>> = range.would_block();
-        drop(kept);
+        if let Some(token) = range.would_block() {
+            *self.token.lock() = Some(token);
+        }
         Ok(())
     }
 }

@@ -145,7 +145,9 @@ impl Mirror {
         }
     }
 
-    /// Mirrors `[start, start + len)`.
+    /// Mirrors `[start, start + len)`. While it faults the range in, the
+    /// file is "mirroring": `MIRROR`, `ACCESS` and `UNMIRROR` on it fail
+    /// with `EBUSY` (another `MIRROR` also once it has a mirror).
     pub fn mirror(&self, start: usize, len: usize, flags: u64) -> std::io::Result<()> {
         let a = MirrorArgs {
             start: start as u64,
@@ -155,7 +157,7 @@ impl Mirror {
         self.ioctl(MIRROR, &a as *const _ as usize).map(drop)
     }
 
-    /// Drops the mirror.
+    /// Drops the mirror (`EINVAL` without one, `EBUSY` while mirroring).
     pub fn unmirror(&self) -> std::io::Result<()> {
         self.ioctl(UNMIRROR, 0).map(drop)
     }

@@ -14,10 +14,14 @@
 //! device-accessed pages when the fast-only op fails (needs swap: the test
 //! puts swap on `/dev/ram0`); that bad ioctls are rejected and change
 //! nothing, one at a time and from many threads at once while a mirror is
-//! live; and that closing, exiting and `rmmod` while mirrored are clean.
+//! live; that the file's other ioctls answer while a long `MIRROR` faults
+//! in; that closing, exiting and `rmmod` while mirrored are clean; and that
+//! a module whose init registers a notifier, leaks it and fails
+//! (`rust/mmu_notifier_init_leak.rs`) is refused the registration, so the
+//! process that loaded it exits cleanly.
 //!
-//! `--mirror-exit`, `--mirror-fork-race` and `--mirror-hold` run child
-//! processes for the last three.
+//! `--mirror-exit`, `--mirror-fork-race`, `--mirror-hold` and `--init-leak`
+//! run child processes for the last four.
 
 use clap::{CommandFactory, Parser};
 use mglru_selftest::aging::{self, Pass};
@@ -71,6 +75,9 @@ struct Opts {
     /// Internal: child that mirrors and waits for stdin to close.
     #[arg(long = "mirror-hold", hide = true, group = "child")]
     mirror_hold: bool,
+    /// Internal: child that loads the init-leak module, then exits.
+    #[arg(long = "init-leak", hide = true, group = "child")]
+    init_leak: bool,
 }
 
 impl Opts {
@@ -658,6 +665,194 @@ fn invalid_ioctls(t: &Ktap) -> Result<()> {
     if !bad.is_empty() {
         bail!("{}", bad.join("; "));
     }
+    Ok(())
+}
+
+/// `MIRROR` registers and faults in without holding the file's lock (the
+/// file is "mirroring"): while it faults in 1 GiB, `ACCESS` and another
+/// `MIRROR` on the same file fail with `EBUSY` at once and `STATS` works,
+/// instead of all of them waiting for the whole fault-in.
+fn ioctls_answer_while_mirroring(t: &Ktap) -> Result<()> {
+    let len = lru_mirror::MAX_MIRROR as usize;
+    let pages = (len / PAGE_SIZE) as u64;
+    // Untouched: MIRROR faults every page in (read faults map the zero page,
+    // so this costs page tables, not 1 GiB).
+    let mem = HostMem::new(len, Backing::Anon4k)?;
+    let base = mem.as_ptr() as usize;
+    let dev = Mirror::open()?;
+    let started = AtomicBool::new(false);
+    let done = AtomicBool::new(false);
+    let (mirrored, polled) = std::thread::scope(|s| {
+        let poller = s.spawn(|| {
+            let mut seen: BTreeMap<String, u64> = BTreeMap::new();
+            let mut odd = Vec::new();
+            let mut busy = false;
+            let mut slowest = Duration::ZERO;
+            let mut note = |what: String| *seen.entry(what).or_default() += 1;
+            loop {
+                let finished = done.load(Ordering::Acquire);
+                let t0 = Instant::now();
+                let r = dev.access(base, PAGE_SIZE);
+                let dt = t0.elapsed();
+                started.store(true, Ordering::Release);
+                match r {
+                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                        slowest = slowest.max(dt);
+                        note("ACCESS while mirroring: EBUSY".into());
+                        busy = true;
+                        let second = dev.mirror(base, PAGE_SIZE, 0);
+                        match second {
+                            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                                note("second MIRROR: EBUSY".into())
+                            }
+                            r => odd.push(format!("second MIRROR: {r:?}, expected EBUSY")),
+                        }
+                        // Nothing mapped yet, or everything if MIRROR just ended.
+                        match dev.stats() {
+                            Ok(st) if st.mapped_pages == 0 || st.mapped_pages == pages => {
+                                note("STATS while mirroring: ok".into())
+                            }
+                            r => odd.push(format!("STATS while mirroring: {r:?}")),
+                        }
+                    }
+                    // Before MIRROR got the file: no mirror yet.
+                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) && !busy => {
+                        note("ACCESS before: EINVAL".into())
+                    }
+                    Ok(1) => {
+                        note("ACCESS after: 1 page".into());
+                        break;
+                    }
+                    r => {
+                        odd.push(format!("ACCESS: {r:?} (seen EBUSY: {busy})"));
+                        break;
+                    }
+                }
+                if finished {
+                    break;
+                }
+            }
+            (seen, odd, slowest)
+        });
+        while !started.load(Ordering::Acquire) {
+            std::hint::spin_loop();
+        }
+        let t0 = Instant::now();
+        let r = dev.mirror(base, len, 0);
+        let took = t0.elapsed();
+        done.store(true, Ordering::Release);
+        ((r, took), poller.join())
+    });
+    let (r, took) = mirrored;
+    let (seen, mut bad, slowest) = polled.map_err(|_| anyhow::anyhow!("poller panicked"))?;
+    t.diag(&format!(
+        "MIRROR of {} MiB took {:.0} ms: {r:?}; slowest EBUSY answer {} us",
+        len >> 20,
+        took.as_secs_f64() * 1e3,
+        slowest.as_micros()
+    ));
+    for (k, v) in &seen {
+        t.diag(&format!("  {k}: {v}"));
+    }
+    match r {
+        Ok(()) => {}
+        // Invalidations kept racing with the fault-in: the mirror's contract.
+        Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
+            bail!("MIRROR of 1 GiB gave up (EAGAIN): nothing measured")
+        }
+        Err(e) => bail!("MIRROR of 1 GiB: {e}"),
+    }
+    if !seen.contains_key("ACCESS while mirroring: EBUSY") {
+        bad.push(format!(
+            "no ACCESS answered while the {:.0} ms MIRROR ran: it holds the file's lock",
+            took.as_secs_f64() * 1e3
+        ));
+    }
+    if !seen.contains_key("ACCESS after: 1 page") {
+        bad.push("ACCESS never saw the mirror".into());
+    }
+    let st = dev.stats()?;
+    if st.mapped_pages != pages {
+        bad.push(format!("after MIRROR: {st:?}"));
+    }
+    if !bad.is_empty() {
+        bail!("{}", bad.join("; "));
+    }
+    Ok(())
+}
+
+/// The module of the init-leak case.
+const INIT_LEAK_MODULE: &str = "mmu_notifier_init_leak";
+
+/// Child: load the init-leak module, whose init registers an MMU notifier
+/// on this process's address space, leaks it and fails. Exit status 0 if the
+/// init reported that the registration was refused (`ECANCELED`), 1 if it
+/// registered and leaked the notifier (`ENOTRECOVERABLE`: the module is now
+/// freed with its notifier on our mm), 2 otherwise. Then the process exits,
+/// which calls `release()` of every notifier still registered on its mm.
+fn child_init_leak() -> i32 {
+    let ko = module::project_module(INIT_LEAK_MODULE);
+    match module::load(&ko, "") {
+        Ok(()) => {
+            eprintln!("init-leak: {} loaded, but its init must fail", ko.display());
+            2
+        }
+        Err(e) => match sys::errno_of(&e) {
+            Some(libc::ECANCELED) => 0,
+            Some(libc::ENOTRECOVERABLE) => {
+                eprintln!("init-leak: the init registered a notifier and leaked it");
+                1
+            }
+            _ => {
+                eprintln!("init-leak: {e:#}");
+                2
+            }
+        },
+    }
+}
+
+/// A registration that a failing module init leaks (`mem::forget()`, safe
+/// code) would outlive the module: a module whose init fails is freed
+/// whatever its references, and the loading process's exit would then call
+/// into freed memory. The abstraction refuses to register until the module
+/// is live, so the init cannot leak one: the child that loads the module
+/// exits promptly, the module is gone and the kernel log stays clean.
+fn init_failure_leak_harmless(t: &Ktap) -> Result<()> {
+    let ko = module::project_module(INIT_LEAK_MODULE);
+    if !ko.exists() {
+        bail!(
+            "{} is missing (rust/Kbuild builds it with the series)",
+            ko.display()
+        );
+    }
+    let watch = sys::DmesgWatch::start()?;
+    let mut child = Command::new(std::env::current_exe()?)
+        .arg("--init-leak")
+        .spawn()
+        .context("spawning --init-leak")?;
+    // An exit that calls into a freed module oopses and may never finish.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let st = loop {
+        if let Some(st) = child.try_wait()? {
+            break st;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let bugs = watch.new_bug_lines().unwrap_or_default();
+            bail!("the --init-leak child did not exit within 60 s; kernel log: {bugs:#?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    watch.expect_clean()?;
+    match st.code() {
+        Some(0) => {}
+        Some(1) => bail!("the module's init registered and leaked a notifier (it must be refused)"),
+        _ => bail!("--init-leak child: {st}"),
+    }
+    if module::is_loaded(INIT_LEAK_MODULE) {
+        bail!("{INIT_LEAK_MODULE} is loaded although its init failed");
+    }
+    t.diag("a failing init's registration was refused (ENODEV); its process exited cleanly");
     Ok(())
 }
 
@@ -1299,6 +1494,9 @@ fn main() {
         };
         std::process::exit(code);
     }
+    if o.init_leak {
+        std::process::exit(child_init_leak());
+    }
 
     // lru_mirror is built on the series' Rust bindings: none on another
     // kernel (make check-base); on the series' kernel it must be there.
@@ -1309,7 +1507,7 @@ fn main() {
     if let Some(why) = features::memcg_aging_missing() {
         Ktap::skip_all(&why);
     }
-    let mut t = Ktap::new(16);
+    let mut t = Ktap::new(18);
     let (guard, cg) = match aging::enter_sandbox(MEMCG) {
         Ok(v) => v,
         Err(e) => Ktap::bail_out(&format!("setting up the memcg sandbox: {e:#}")),
@@ -1342,6 +1540,10 @@ fn main() {
     );
     t.check("invalid_ioctls_rejected_unchanged", invalid_ioctls(&t));
     t.check(
+        "ioctls_answer_while_mirroring",
+        ioctls_answer_while_mirroring(&t),
+    );
+    t.check(
         "concurrent_bad_ioctls_while_mirrored",
         concurrent_bad_ioctls(&t, &cg, &o),
     );
@@ -1361,6 +1563,10 @@ fn main() {
     t.check(
         "rmmod_refused_while_mirrored_then_clean",
         rmmod_while_mirrored(&t),
+    );
+    t.check(
+        "failing_init_cannot_leak_registration",
+        init_failure_leak_harmless(&t),
     );
     drop(cg);
     drop(guard);
