@@ -33,7 +33,9 @@
 //! `invalidate_range_end()`, and `MIRROR` commits its pages, under a spinlock that invalidations
 //! also take, only if no invalidation started or was running since it faulted them in; so the
 //! device never maps a page whose host mapping is gone. The aging ops use atomics only (no lock).
-//! Bad ioctl arguments fail with `EINVAL`/`EFAULT`/`EBUSY` and change nothing. The file's state,
+//! Bad ioctl arguments fail with `EINVAL`/`EFAULT`/`EBUSY` and change nothing; a `MIRROR` that
+//! fails for another reason (see [`uapi::MIRROR`]) leaves the file without a mirror too. Opening
+//! fails with `ENODEV` while the module's init runs. The file's state,
 //! the mirror's page table and its notifier are charged to the memory cgroup of the process that
 //! opens or mirrors.
 //!
@@ -45,10 +47,11 @@ use kernel::{
     bindings, c_str,
     miscdevice::{MiscDevice, MiscDeviceRegistration},
     mm::mmu_notifier::{InvalidateRange, MmuNotifierOps, Registration, WouldBlock, YoungBatch},
-    new_mutex, new_spinlock,
+    new_condvar, new_mutex, new_spinlock,
     page::{PAGE_SHIFT, PAGE_SIZE},
     prelude::*,
-    sync::{Arc, Mutex, SpinLock},
+    sync::{Arc, CondVar, Mutex, SpinLock},
+    types::ScopeGuard,
     uaccess::UserSlice,
 };
 
@@ -122,7 +125,12 @@ pub mod uapi {
 
     /// ioctl type byte.
     pub const TYPE: u32 = b'm' as u32;
-    /// Map a range; `EBUSY` if the file has a mirror or is mirroring.
+    /// Map a range; `EBUSY` if the file has a mirror or is mirroring, `EINVAL` for bad arguments,
+    /// `EFAULT` if the argument cannot be read or the range is not mapped. It also fails with
+    /// `ENOMEM`, `EAGAIN` (invalidations kept racing with it), `EINTR` or a restart of the call
+    /// (a signal while it waits for an invalidation or faults in), `ENODEV` (the module is being
+    /// unloaded by force) or another error of `pin_user_pages_fast()`; the file then has no
+    /// mirror.
     pub const MIRROR: u32 = _IOW::<MirrorArgs>(TYPE, 0x40);
     /// Drop the mirror; `EINVAL` if there is none, `EBUSY` while mirroring.
     pub const UNMIRROR: u32 = _IO(TYPE, 0x41);
@@ -223,6 +231,10 @@ struct MirrorState {
     pages: KVVec<AtomicU8>,
     #[pin]
     inv: SpinLock<InvState>,
+    /// Notified when an invalidation ends, or the mirror is released: `MIRROR` sleeps on it, with
+    /// `inv`, while an invalidation is running.
+    #[pin]
+    inv_done: CondVar,
     /// Set when `MIRROR` committed the mapping; cleared by the first `release()`.
     live: AtomicBool,
     shared: Arc<Shared>,
@@ -242,6 +254,7 @@ impl MirrorState {
             npages,
             pages,
             inv <- new_spinlock!(InvState::default()),
+            inv_done <- new_condvar!(),
             live: AtomicBool::new(false),
             shared,
         }? Error))
@@ -305,6 +318,7 @@ impl MirrorState {
         self.unmap(self.start, self.end());
         inv.seq += 1;
         drop(inv);
+        self.inv_done.notify_all();
         if self.live.swap(false, Ordering::AcqRel) {
             inc(&self.shared.releases, 1);
         }
@@ -341,29 +355,34 @@ impl MirrorState {
         } else {
             inv.active -= 1;
         }
+        drop(inv);
+        // Wakes `MIRROR` if it waits for this invalidation (takes only the wait queue's spinlock:
+        // fine where the range may not block).
+        self.inv_done.notify_all();
     }
 
     /// Faults the whole mirror in and maps it, retrying while invalidations race with it
     /// (`mmu_interval_read_begin()`/`mmu_interval_read_retry()`): the pages are committed only if
     /// no invalidation was running or started between reading the sequence count and committing,
     /// so every page's host mapping still exists when the device maps it.
+    ///
+    /// Sleeps while an invalidation runs; a signal ends it with `ERESTARTSYS` (the system call is
+    /// restarted or fails with `EINTR`, as the signal's disposition says), and nothing is mapped.
     fn map_all(&self) -> Result {
-        let mut tries = 0;
-        while tries < MAP_RETRIES {
-            if kernel::current!().signal_pending() {
-                return Err(EINTR);
-            }
+        for _ in 0..MAP_RETRIES {
             let seq = {
-                let inv = self.inv.lock();
-                if inv.active != 0 {
-                    // Wait for the running invalidation instead of faulting in for nothing.
-                    drop(inv);
-                    cond_resched();
-                    continue;
+                let mut inv = self.inv.lock();
+                // Wait for running invalidations instead of faulting in for nothing.
+                while inv.active != 0 {
+                    if self.inv_done.wait_interruptible(&mut inv) {
+                        return Err(ERESTARTSYS);
+                    }
                 }
                 inv.seq
             };
-            tries += 1;
+            if kernel::current!().signal_pending() {
+                return Err(ERESTARTSYS);
+            }
             fault_in(self.start, self.npages)?;
             let inv = self.inv.lock();
             if inv.seq == seq && inv.active == 0 {
@@ -391,19 +410,6 @@ impl MirrorState {
         self.young(address, address + 1, false)
     }
 }
-
-/// `cond_resched()`: lets other tasks run if this one should yield. Process context, no lock
-/// held.
-#[cfg(any(not(CONFIG_PREEMPTION), CONFIG_PREEMPT_DYNAMIC))]
-fn cond_resched() {
-    // SAFETY: `__cond_resched()` may sleep; the only caller runs in process context (an ioctl)
-    // and holds no lock.
-    unsafe { bindings::__cond_resched() };
-}
-
-/// A fully preemptible kernel preempts where `cond_resched()` would yield: nothing to do.
-#[cfg(all(CONFIG_PREEMPTION, not(CONFIG_PREEMPT_DYNAMIC)))]
-fn cond_resched() {}
 
 /// Busy-waits for a moment without sleeping (invalidations may not sleep): the window that
 /// [`uapi::CONFIG_SLOW_INVALIDATE`] opens for tests.
@@ -613,22 +619,16 @@ impl Session {
             }
             *slot = Slot::Mirroring;
         }
+        // Every way out leaves `Mirroring`: back to `Empty` unless the mirror is installed.
+        let mirroring = ScopeGuard::new(|| *self.mirror.lock() = Slot::Empty);
         let start = args.start as usize;
         let npages = (args.len as usize) >> PAGE_SHIFT;
         // Faulting in 1 GiB takes a while: without the mutex, so that the file's other ioctls
-        // answer meanwhile. A mirror that failed is dropped (unregistered) here, unlocked too.
-        let mirror = Mirror::new(start, npages, args.flags, self.shared.clone());
-        let mut slot = self.mirror.lock();
-        match mirror {
-            Ok(m) => {
-                *slot = Slot::Mapped(m);
-                Ok(0)
-            }
-            Err(e) => {
-                *slot = Slot::Empty;
-                Err(e)
-            }
-        }
+        // answer meanwhile. A mirror that failed is dropped (unregistered) in there, unlocked too.
+        let mirror = Mirror::new(start, npages, args.flags, self.shared.clone())?;
+        mirroring.dismiss();
+        *self.mirror.lock() = Slot::Mapped(mirror);
+        Ok(0)
     }
 
     fn unmirror(&self) -> Result<isize> {

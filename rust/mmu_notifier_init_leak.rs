@@ -1,29 +1,42 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! mmu_notifier_init_leak: a module whose init leaks an MMU notifier registration and fails.
+//! mmu_notifier_init_leak: a module whose init hands out what could outlive it, then fails.
 //!
-//! Its init registers a notifier on the address space of the process that loads it, leaks the
-//! registration with `mem::forget()` (safe code) and returns an error. A module whose init fails
-//! is freed whatever its references, so such a registration would leave the process's notifier
-//! list pointing into freed module memory, and the process's exit would call into it. The
-//! abstraction refuses to register before the module is live, which `lru_mirror_test` checks:
-//! the init fails with `ECANCELED` if the registration was refused (`ENODEV`), with
-//! `ENOTRECOVERABLE` if it was leaked, and with the registration's error otherwise; and the
-//! loading process must exit cleanly.
+//! A module whose init fails is freed whatever its references. Its init
+//!
+//! - registers an MMU notifier on the address space of the process that loads it and leaks the
+//!   registration with `mem::forget()` (safe code): the process's exit would call into freed
+//!   module memory;
+//! - registers `/dev/mmu_notifier_init_leak` for [`OPEN_WINDOW_MS`] while the loading process
+//!   tries to open it, then drops it: a file opened meanwhile would outlive the module, and
+//!   closing it would run `release` in freed memory.
+//!
+//! The abstractions refuse both until the module is live (`ENODEV`), which `lru_mirror_test`
+//! checks: the init fails with `ECANCELED` if both were refused, with `ENOTRECOVERABLE` if the
+//! registration was leaked, with `EOWNERDEAD` if a file was opened, and with the registration's
+//! error otherwise; and the loading process must exit cleanly.
 
+use core::sync::atomic::{AtomicBool, Ordering};
 use kernel::{
-    bindings,
+    bindings, c_str,
+    miscdevice::{MiscDevice, MiscDeviceRegistration},
     mm::mmu_notifier::{MmuNotifierOps, Registration},
+    new_condvar, new_mutex,
     prelude::*,
+    sync::{CondVar, CondVarTimeoutResult, Mutex},
+    time::msecs_to_jiffies,
 };
 
 module! {
     type: InitLeak,
     name: "mmu_notifier_init_leak",
     author: "mglru-secondary developers",
-    description: "Leaks an MMU notifier registration from a failing init (a test)",
+    description: "Leaks an MMU notifier registration and opens a file from a failing init (a test)",
     license: "GPL",
 }
+
+/// How long the init keeps its device registered for the loading process to try opening it.
+const OPEN_WINDOW_MS: u32 = 1000;
 
 /// A notifier whose operations live in this module's memory.
 struct Leaked;
@@ -37,6 +50,57 @@ impl MmuNotifierOps for Leaked {
     }
 }
 
+/// Set when a file of the device is opened: during the init, that must not happen.
+static OPENED: AtomicBool = AtomicBool::new(false);
+
+/// A misc device whose file operations live in this module's memory.
+struct Probe;
+
+#[vtable]
+impl MiscDevice for Probe {
+    type Ptr = ();
+    const OWNER: &'static ThisModule = &THIS_MODULE;
+
+    fn open() -> Result {
+        OPENED.store(true, Ordering::Relaxed);
+        pr_err!("a file was opened while the init runs\n");
+        Ok(())
+    }
+}
+
+/// Something to sleep on: nobody wakes it, the timeout does.
+#[pin_data]
+struct Sleeper {
+    #[pin]
+    lock: Mutex<()>,
+    #[pin]
+    cv: CondVar,
+}
+
+/// Sleeps for about `ms` milliseconds; a signal ends it early.
+fn sleep_ms(ms: u32) -> Result {
+    let s = KBox::pin_init(
+        pin_init!(Sleeper {
+            lock <- new_mutex!(()),
+            cv <- new_condvar!(),
+        }),
+        GFP_KERNEL,
+    )?;
+    let mut guard = s.lock.lock();
+    let mut left = msecs_to_jiffies(ms);
+    // Spurious wake-ups sleep again for what is left.
+    while let CondVarTimeoutResult::Woken { jiffies } =
+        s.cv.wait_interruptible_timeout(&mut guard, left)
+    {
+        left = jiffies;
+    }
+    Ok(())
+}
+
+fn errno(e: u32) -> Error {
+    Error::from_errno(-(e as i32))
+}
+
 struct InitLeak;
 
 impl kernel::Module for InitLeak {
@@ -45,13 +109,25 @@ impl kernel::Module for InitLeak {
             Ok(reg) => {
                 core::mem::forget(reg);
                 pr_err!("registered a notifier from init and leaked it\n");
-                Err(Error::from_errno(-(bindings::ENOTRECOVERABLE as i32)))
+                return Err(errno(bindings::ENOTRECOVERABLE));
             }
             Err(e) if e == ENODEV => {
                 pr_info!("registration refused while the module is coming up\n");
-                Err(Error::from_errno(-(bindings::ECANCELED as i32)))
             }
-            Err(e) => Err(e),
+            Err(e) => return Err(e),
         }
+        let dev = KBox::pin_init(
+            MiscDeviceRegistration::<Probe>::register(c_str!("mmu_notifier_init_leak"), 0o600),
+            GFP_KERNEL,
+        )?;
+        let slept = sleep_ms(OPEN_WINDOW_MS);
+        // Waits for a running open (`misc_mtx`); files that were opened stay open.
+        drop(dev);
+        slept?;
+        if OPENED.load(Ordering::Relaxed) {
+            return Err(errno(bindings::EOWNERDEAD));
+        }
+        pr_info!("no file was opened while the module is coming up\n");
+        Err(errno(bindings::ECANCELED))
     }
 }

@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: GPL-2.0
 //! Control: the notifier of the compile-fail cases, owning its data, failing only through
 //! `range.would_block()`, answering fast-only batches within the call (with `clear_young()`,
-//! answering while iterating over `asked()`) and keeping only owned data in `self`, compiles,
-//! and so does registering it.
+//! answering while iterating over `asked()`) and keeping in `self` only owned values derived from
+//! the range, the batch and its `asked()` iterator (what the `keep_*` cases keep borrowed),
+//! compiles, and so does registering it.
 use kernel::mm::mmu_notifier::{
     InvalidateRange, MmuNotifierOps, Registration, WouldBlock, YoungBatch,
 };
@@ -16,12 +17,22 @@ module! {
     license: "GPL",
 }
 
+/// Owned values derived from the last calls' borrowed arguments: they can be kept.
+#[derive(Default)]
+struct Last {
+    /// Whether `range.would_block()` gave a token (`keep_wouldblock` keeps the token).
+    range_could_fail: bool,
+    /// `batch.start()` (`keep_batch` keeps the batch).
+    batch_start: usize,
+    /// How many pages `batch.asked()` yielded (`keep_asked` keeps the iterator).
+    batch_asked: usize,
+}
+
 #[pin_data]
 struct Owning {
     id: u64,
-    /// Start of the last batch asked: owned data can be kept.
     #[pin]
-    last: SpinLock<Option<usize>>,
+    last: SpinLock<Last>,
 }
 
 #[vtable]
@@ -32,6 +43,7 @@ impl MmuNotifierOps for Owning {
         &self,
         range: &InvalidateRange<'r>,
     ) -> Result<(), WouldBlock<'r>> {
+        self.last.lock().range_could_fail = range.would_block().is_some();
         match range.would_block() {
             Some(token) if range.start() == 0 => Err(token),
             _ => Ok(()),
@@ -43,14 +55,18 @@ impl MmuNotifierOps for Owning {
     }
 
     fn test_clear_young_fast_only(&self, batch: &mut YoungBatch<'_>) {
+        let mut asked = 0;
         for i in batch.asked() {
+            asked += 1;
             if self.id == 0 {
                 batch.set_young(i);
             } else {
                 batch.set_failed(i);
             }
         }
-        *self.last.lock() = Some(batch.start());
+        let mut last = self.last.lock();
+        last.batch_start = batch.start();
+        last.batch_asked = asked;
     }
 }
 
@@ -62,7 +78,7 @@ impl kernel::Module for M {
         // never loaded: from a module's init, registering is refused with `ENODEV`.)
         let data = try_pin_init!(Owning {
             id: 0,
-            last <- new_spinlock!(None),
+            last <- new_spinlock!(Last::default()),
         }? Error);
         let _ = KBox::pin_init(Registration::new_for_current(data), GFP_KERNEL);
         Ok(M)

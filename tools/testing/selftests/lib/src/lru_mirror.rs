@@ -118,7 +118,7 @@ pub struct Mirror {
 }
 
 impl Mirror {
-    /// Opens the device.
+    /// Opens the device (`ENODEV` while the module's init runs).
     pub fn open() -> Result<Self> {
         let file = OpenOptions::new()
             .read(true)
@@ -147,7 +147,10 @@ impl Mirror {
 
     /// Mirrors `[start, start + len)`. While it faults the range in, the
     /// file is "mirroring": `MIRROR`, `ACCESS` and `UNMIRROR` on it fail
-    /// with `EBUSY` (another `MIRROR` also once it has a mirror).
+    /// with `EBUSY` (another `MIRROR` also once it has a mirror). It may
+    /// also fail with `ENOMEM`, `EFAULT`, `EAGAIN` (invalidations kept
+    /// racing with it), `EINTR` (a signal) or `ENODEV` (forced unload),
+    /// leaving the file without a mirror.
     pub fn mirror(&self, start: usize, len: usize, flags: u64) -> std::io::Result<()> {
         let a = MirrorArgs {
             start: start as u64,

@@ -16,9 +16,10 @@
 //! nothing, one at a time and from many threads at once while a mirror is
 //! live; that the file's other ioctls answer while a long `MIRROR` faults
 //! in; that closing, exiting and `rmmod` while mirrored are clean; and that
-//! a module whose init registers a notifier, leaks it and fails
-//! (`rust/mmu_notifier_init_leak.rs`) is refused the registration, so the
-//! process that loaded it exits cleanly.
+//! a module whose init registers a notifier and leaks it, registers a misc
+//! device that the loading process tries to open, and fails
+//! (`rust/mmu_notifier_init_leak.rs`) is refused both the registration and
+//! the open files, so the process that loaded it exits cleanly.
 //!
 //! `--mirror-exit`, `--mirror-fork-race`, `--mirror-hold` and `--init-leak`
 //! run child processes for the last four.
@@ -75,7 +76,8 @@ struct Opts {
     /// Internal: child that mirrors and waits for stdin to close.
     #[arg(long = "mirror-hold", hide = true, group = "child")]
     mirror_hold: bool,
-    /// Internal: child that loads the init-leak module, then exits.
+    /// Internal: child that loads the init-leak module, opening its device
+    /// meanwhile, then exits.
     #[arg(long = "init-leak", hide = true, group = "child")]
     init_leak: bool,
 }
@@ -783,25 +785,95 @@ fn ioctls_answer_while_mirroring(t: &Ktap) -> Result<()> {
 
 /// The module of the init-leak case.
 const INIT_LEAK_MODULE: &str = "mmu_notifier_init_leak";
+/// The device node its init registers for a moment.
+const INIT_LEAK_DEV: &str = "/dev/mmu_notifier_init_leak";
+
+/// What the init-leak child's opener saw while the module was loading.
+#[derive(Default)]
+struct OpenProbe {
+    /// Opens that failed with `ENODEV`: the device was there, the module
+    /// not live yet.
+    refused: u64,
+    /// Files that were opened: they would outlive the module.
+    opened: Vec<std::fs::File>,
+    /// Errors other than `ENOENT` (no device yet, or no more).
+    other: Vec<String>,
+}
+
+/// Tries to open the init-leak module's device every millisecond until
+/// `stop`.
+fn probe_opens(stop: &AtomicBool) -> OpenProbe {
+    let mut p = OpenProbe::default();
+    while !stop.load(Ordering::Relaxed) {
+        match std::fs::File::open(INIT_LEAK_DEV) {
+            Ok(f) => p.opened.push(f),
+            Err(e) => match e.raw_os_error() {
+                Some(libc::ENOENT) => {}
+                Some(libc::ENODEV) => p.refused += 1,
+                _ if p.other.len() < 4 => p.other.push(e.to_string()),
+                _ => {}
+            },
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    p
+}
 
 /// Child: load the init-leak module, whose init registers an MMU notifier
-/// on this process's address space, leaks it and fails. Exit status 0 if the
-/// init reported that the registration was refused (`ECANCELED`), 1 if it
-/// registered and leaked the notifier (`ENOTRECOVERABLE`: the module is now
-/// freed with its notifier on our mm), 2 otherwise. Then the process exits,
-/// which calls `release()` of every notifier still registered on its mm.
+/// on this process's address space and leaks it, then registers a device
+/// for a second, which a thread of this process keeps trying to open, and
+/// fails. Prints how many opens were refused (for the parent's diagnostic).
+/// Exit status 0 if the init reported both refused (`ECANCELED`) and some
+/// open was refused (`ENODEV`), 1 if it registered and leaked the notifier
+/// (`ENOTRECOVERABLE`: the module is now freed with its notifier on our mm),
+/// 3 if a file was opened (`EOWNERDEAD`: closing it runs `release` in the
+/// freed module), 4 if no open reached the device, 2 otherwise. Then the
+/// process exits, which calls `release()` of every notifier still registered
+/// on its mm.
 fn child_init_leak() -> i32 {
     let ko = module::project_module(INIT_LEAK_MODULE);
-    match module::load(&ko, "") {
+    let stop = AtomicBool::new(false);
+    let (loaded, probe) = std::thread::scope(|s| {
+        let opener = s.spawn(|| probe_opens(&stop));
+        let loaded = module::load(&ko, "");
+        stop.store(true, Ordering::Relaxed);
+        (loaded, opener.join())
+    });
+    let Ok(probe) = probe else {
+        eprintln!("init-leak: the opener thread panicked");
+        return 2;
+    };
+    println!("{} opens of {INIT_LEAK_DEV}", probe.refused);
+    let opened = probe.opened.len();
+    // On a kernel that let them open, this runs release() in the freed
+    // module; the parent watches the kernel log.
+    drop(probe.opened);
+    if opened != 0 {
+        eprintln!("init-leak: {opened} files of {INIT_LEAK_DEV} opened while the init ran");
+        return 3;
+    }
+    if !probe.other.is_empty() {
+        eprintln!("init-leak: opening {INIT_LEAK_DEV}: {:?}", probe.other);
+        return 2;
+    }
+    match loaded {
         Ok(()) => {
             eprintln!("init-leak: {} loaded, but its init must fail", ko.display());
             2
         }
         Err(e) => match sys::errno_of(&e) {
+            Some(libc::ECANCELED) if probe.refused == 0 => {
+                eprintln!("init-leak: no open reached {INIT_LEAK_DEV} while the init ran");
+                4
+            }
             Some(libc::ECANCELED) => 0,
             Some(libc::ENOTRECOVERABLE) => {
                 eprintln!("init-leak: the init registered a notifier and leaked it");
                 1
+            }
+            Some(libc::EOWNERDEAD) => {
+                eprintln!("init-leak: the init saw a file opened");
+                3
             }
             _ => {
                 eprintln!("init-leak: {e:#}");
@@ -814,9 +886,12 @@ fn child_init_leak() -> i32 {
 /// A registration that a failing module init leaks (`mem::forget()`, safe
 /// code) would outlive the module: a module whose init fails is freed
 /// whatever its references, and the loading process's exit would then call
-/// into freed memory. The abstraction refuses to register until the module
-/// is live, so the init cannot leak one: the child that loads the module
-/// exits promptly, the module is gone and the kernel log stays clean.
+/// into freed memory. So would a file of a misc device that the init
+/// registered, opened while the init ran: closing it runs `release` in the
+/// freed module. The abstractions refuse both until the module is live, so
+/// the init cannot leak either: the child that loads the module (and tries
+/// to open its device meanwhile) exits promptly, the module is gone and the
+/// kernel log stays clean.
 fn init_failure_leak_harmless(t: &Ktap) -> Result<()> {
     let ko = module::project_module(INIT_LEAK_MODULE);
     if !ko.exists() {
@@ -828,6 +903,7 @@ fn init_failure_leak_harmless(t: &Ktap) -> Result<()> {
     let watch = sys::DmesgWatch::start()?;
     let mut child = Command::new(std::env::current_exe()?)
         .arg("--init-leak")
+        .stdout(Stdio::piped())
         .spawn()
         .context("spawning --init-leak")?;
     // An exit that calls into a freed module oopses and may never finish.
@@ -843,16 +919,27 @@ fn init_failure_leak_harmless(t: &Ktap) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(20));
     };
+    let mut out = String::new();
+    if let Some(mut o) = child.stdout.take() {
+        o.read_to_string(&mut out)?;
+    }
     watch.expect_clean()?;
     match st.code() {
         Some(0) => {}
         Some(1) => bail!("the module's init registered and leaked a notifier (it must be refused)"),
+        Some(3) => {
+            bail!("a file of {INIT_LEAK_DEV} was opened while the init ran (must be refused)")
+        }
+        Some(4) => bail!("no open of {INIT_LEAK_DEV} reached the device while the init ran"),
         _ => bail!("--init-leak child: {st}"),
     }
     if module::is_loaded(INIT_LEAK_MODULE) {
         bail!("{INIT_LEAK_MODULE} is loaded although its init failed");
     }
-    t.diag("a failing init's registration was refused (ENODEV); its process exited cleanly");
+    t.diag(&format!(
+        "a failing init's registration and {} were refused (ENODEV); its process exited cleanly",
+        out.trim()
+    ));
     Ok(())
 }
 
