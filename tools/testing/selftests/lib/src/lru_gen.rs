@@ -247,9 +247,14 @@ impl Node {
     }
 }
 
-/// Finds the memcg with cgroup path `path` (e.g. `/mglru-test`).
+/// Finds the memcg with cgroup path `path` (e.g. `/mglru-test`). A removed
+/// memcg stays listed, with id 0 (`mem_cgroup_id()` of an offline memcg),
+/// while something still pins it (e.g. swap charged to it), next to a new
+/// memcg of the same path: the live one is returned.
 pub fn find<'a>(memcgs: &'a [Memcg], path: &str) -> Option<&'a Memcg> {
-    memcgs.iter().find(|m| m.path == path)
+    let mut same = memcgs.iter().filter(|m| m.path == path);
+    let first = same.clone().next();
+    same.find(|m| m.id != 0).or(first)
 }
 
 /// Forces an aging pass: creates generation `max_seq + 1` for the memcg's
@@ -309,6 +314,25 @@ memcg     2 /test
           5        200        1024          3 
           6         20           0          0 
 ";
+
+    #[test]
+    fn find_prefers_the_live_memcg_of_a_path() {
+        let text = "\
+memcg     0 /test
+ node     0
+          4        200        1024          3 
+memcg     7 /test
+ node     0
+          9         20           0          0 
+memcg     0 /gone
+ node     0
+          1          1           1          1 
+";
+        let m = parse(text).unwrap();
+        assert_eq!(find(&m, "/test").unwrap().id, 7);
+        assert_eq!(find(&m, "/gone").unwrap().id, 0);
+        assert!(find(&m, "/none").is_none());
+    }
 
     #[test]
     fn parses_memcgs_and_gens() {
