@@ -148,6 +148,14 @@ fn vmcb12() -> Vec<u8> {
     v
 }
 
+/// A 32-bit page directory of 1024 4 MiB pages mapping all of the 32-bit
+/// physical space to itself, each entry with `flags` (PS, 0x80, included).
+fn identity_pd_4m(flags: u32) -> Vec<u8> {
+    (0..1024u32)
+        .flat_map(|i| ((i << 22) | flags).to_le_bytes())
+        .collect()
+}
+
 /// How the data memory is backed on the host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backing {
@@ -748,14 +756,11 @@ impl TouchVm {
         if count == 0 || stride == 0 || first + (count - 1) * stride >= pages {
             bail!("bad nested read: pages {first}+{count}x{stride} of {pages}");
         }
-        // 1024 present, writable, user 4 MiB pages (PS): all of the 32-bit
-        // guest physical space, identity.
-        let mut pd = Vec::with_capacity(PAGE_SIZE);
-        for i in 0..1024u32 {
-            pd.extend_from_slice(&((i << 22) | 0x87).to_le_bytes());
-        }
         self.prepare_nested(&L2_READ_LOOP)?;
-        self.mem.write_at(NESTED_NPT_PD as usize, &pd)?;
+        // User (nested walks are user accesses) on top of present, writable
+        // and PS.
+        self.mem
+            .write_at(NESTED_NPT_PD as usize, &identity_pd_4m(0x87))?;
         let regs = kvm_regs {
             rsi: self.data_gpa + (first * PAGE_SIZE) as u64,
             rdi: (stride * PAGE_SIZE) as u64,
@@ -780,11 +785,7 @@ impl TouchVm {
         for page in 1..10 {
             mem.write_at(page * PAGE_SIZE, &[0u8; PAGE_SIZE])?;
         }
-        let mut pd = Vec::with_capacity(PAGE_SIZE);
-        for i in 0..1024u32 {
-            pd.extend_from_slice(&((i << 22) | 0x83).to_le_bytes());
-        }
-        mem.write_at(NESTED_L1_PD as usize, &pd)?;
+        mem.write_at(NESTED_L1_PD as usize, &identity_pd_4m(0x83))?;
         mem.write_at(NESTED_L2_CODE as usize, l2_program)?;
         mem.write_at(NESTED_VMCB as usize, &vmcb12())
     }

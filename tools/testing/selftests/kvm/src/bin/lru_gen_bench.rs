@@ -96,6 +96,8 @@ struct Column {
     touched: Vec<f64>,
     untouched: Vec<f64>,
     asked_per_call: Vec<f64>,
+    /// Pages the fast-only op failed per pass (`e`), where counted.
+    failed: Vec<u64>,
 }
 
 impl Column {
@@ -103,6 +105,9 @@ impl Column {
         self.passes.push(p.time);
         self.touched.push(p.touched_fraction());
         self.untouched.push(p.untouched_fraction());
+        if let Ok(e) = p.counter('e') {
+            self.failed.push(e);
+        }
         if let (Ok(c), Ok(q)) = (p.counter('c'), p.counter('q')) {
             if c > 0 {
                 self.asked_per_call.push(q as f64 / c as f64);
@@ -140,8 +145,6 @@ struct NestedPoint {
     pages: u64,
     on: Column,
     off: Column,
-    /// Pages failed fast-only per 0x8-on pass (`e`).
-    failed: Vec<u64>,
     /// Indexed like `STATES`.
     rounds: [Rounds; 3],
     secs: f64,
@@ -178,9 +181,16 @@ fn progress(start: Instant, what: &str) {
     eprintln!("[{:7.1}s] {what}", start.elapsed().as_secs_f64());
 }
 
-/// Interleaved measured passes, 0x8 on then off, `n` times; the guest reads
-/// every `stride`-th page before each.
-fn passes(o: &Opts, vm: &mut TouchVm, cg: &Memcg, on: &mut Column, off: &mut Column) -> Result<()> {
+/// Interleaved measured passes, 0x8 on then off, `n` times; before each,
+/// `touch(vm, count, stride)` reads every `stride`-th page (`count` pages).
+fn passes(
+    o: &Opts,
+    vm: &mut TouchVm,
+    cg: &Memcg,
+    on: &mut Column,
+    off: &mut Column,
+    touch: impl Fn(&mut TouchVm, usize, usize) -> Result<()>,
+) -> Result<()> {
     let pages = vm.mem.pages();
     let stride = o.stride as usize;
     let count = pages.div_ceil(stride);
@@ -188,7 +198,7 @@ fn passes(o: &Opts, vm: &mut TouchVm, cg: &Memcg, on: &mut Column, off: &mut Col
         for (mask, col) in [(ON, &mut *on), (OFF, &mut *off)] {
             features::set_lru_gen_caps(mask)?;
             let p = aging::measured_pass(cg, count as u64, (pages - count) as u64, || {
-                vm.touch(0, 0, count, stride, Access::Read)
+                touch(vm, count, stride)
             })?;
             col.add(&p);
         }
@@ -310,7 +320,14 @@ fn run_point(o: &Opts, cg: &Memcg, m: usize, v: u32, start: Instant) -> Result<P
             start,
             &format!("{label}: aging passes, 0x8 on/off x {}", o.repeat),
         );
-        passes(o, &mut vm, cg, &mut pt.on, &mut pt.off)?;
+        passes(
+            o,
+            &mut vm,
+            cg,
+            &mut pt.on,
+            &mut pt.off,
+            |vm, count, stride| vm.touch(0, 0, count, stride, Access::Read),
+        )?;
         // Leave a CPU of the test VM to the aging thread.
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         let nv = (v as usize).min(cpus.saturating_sub(1)).max(1);
@@ -364,7 +381,6 @@ fn run_nested_point(o: &Opts, cg: &Memcg, bytes: usize, start: Instant) -> Resul
         pages: pages as u64,
         on: Column::default(),
         off: Column::default(),
-        failed: Vec::new(),
         rounds: Default::default(),
         secs: 0.0,
     };
@@ -372,22 +388,14 @@ fn run_nested_point(o: &Opts, cg: &Memcg, bytes: usize, start: Instant) -> Resul
         start,
         &format!("{label}: aging passes, 0x8 on/off x {}", o.repeat),
     );
-    let stride = o.stride as usize;
-    let count = pages.div_ceil(stride);
-    for _ in 0..o.repeat {
-        for mask in [ON, OFF] {
-            features::set_lru_gen_caps(mask)?;
-            let p = aging::measured_pass(cg, count as u64, (pages - count) as u64, || {
-                vm.run_nested_read(0, 0, count, stride)
-            })?;
-            if mask == ON {
-                pt.on.add(&p);
-                pt.failed.push(p.counter('e')?);
-            } else {
-                pt.off.add(&p);
-            }
-        }
-    }
+    passes(
+        o,
+        &mut vm,
+        cg,
+        &mut pt.on,
+        &mut pt.off,
+        |vm, count, stride| vm.run_nested_read(0, 0, count, stride),
+    )?;
     let khz = vm.tsc_khz()? as f64;
     let window = pages.min(o.round_mem / PAGE_SIZE).max(4);
     progress(
@@ -526,7 +534,7 @@ fn report_nested(p: &NestedPoint) -> Vec<String> {
             ms_sd(&p.on.passes),
             ratio_str(ratio(&p.off.passes, &p.on.passes)),
             mean(&p.on.asked_per_call),
-            p.failed
+            p.on.failed
         ),
         format!(
             "nested-heavy VM accuracy: on {} / {} | off {} / {}",
@@ -608,7 +616,7 @@ fn nested_json(p: &NestedPoint) -> Value {
         "seconds": p.secs,
         "off": col_json(&p.off, p.pages),
         "on": col_json(&p.on, p.pages),
-        "failed_per_on_pass": p.failed,
+        "failed_per_on_pass": p.on.failed,
         "off_over_on": ratio_json(ratio(&p.off.passes, &p.on.passes)),
         "rounds": rounds_json(&p.rounds),
         "round_on_over_off": ratio_json(ratio(&p.rounds[1].times, &p.rounds[2].times)),
