@@ -177,14 +177,33 @@ flavor_fragments() {
 flavor_module_src() {
 	case "$FLAVOR" in
 	default) echo "$TOP" ;;
-	debug) echo "$BUILD_DIR/modules-$FLAVOR" ;;
-	base) ;;
+	debug | base) echo "$BUILD_DIR/modules-$FLAVOR" ;;
 	esac
 }
+
+# Whether the flavour has the Rust modules (rust/): they need the series'
+# bindings, so base has only the C test modules (testmod/).
+flavor_has_rust_modules() { [ "$FLAVOR" != base ]; }
 
 # The patch series and the state of the kernel tree it was applied to.
 BASE_TAG=base-$KERNEL_VERSION
 STATE=$MAIN_KDIR/.git/mglru-applied
+
+# checkpatch FILE: runs the pinned tree's checkpatch.pl on a patch and
+# prints its report; the last line is "<errors> <warnings>" from its
+# summary.  Fails (no counts) if checkpatch did not run to its summary: a
+# missing perl module or a crash is not "0 errors".
+checkpatch() {
+	local r sum
+	r=$(cd "$KDIR" && perl scripts/checkpatch.pl --no-tree --no-signoff --show-types "$1" 2>&1) || true
+	sum=$(printf '%s\n' "$r" | sed -n 's/^total: \([0-9]*\) errors, \([0-9]*\) warnings,.*/\1 \2/p' | tail -n 1)
+	printf '%s\n' "$r" | grep -E '^(ERROR|WARNING|CHECK):|^#[0-9]+:|^\+' || true
+	if [ -z "$sum" ]; then
+		printf 'checkpatch.pl did not run to its summary on %s:\n%s\n' "$1" "$(printf '%s\n' "$r" | tail -n 5)"
+		return 1
+	fi
+	echo "$sum"
+}
 
 series_patches() {
 	[ -f "$TOP/patches/series" ] || return 0

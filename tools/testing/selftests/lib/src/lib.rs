@@ -18,6 +18,7 @@ pub mod lru_mirror;
 pub mod memcg;
 pub mod module;
 pub mod pagemap;
+pub mod probe;
 pub mod sys;
 pub mod timing;
 pub mod units;

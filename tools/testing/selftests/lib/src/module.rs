@@ -44,3 +44,13 @@ pub fn project_module(name: &str) -> std::path::PathBuf {
         .unwrap_or_else(|| std::path::PathBuf::from("rust"));
     dir.join(format!("{name}.ko"))
 }
+
+/// The `.ko` of a C test module of this project (`testmod/`):
+/// `$MGLRU_TESTMOD_DIR` (set by the test runner) or `testmod/` next to the
+/// current directory. Every flavour has them, base included.
+pub fn project_testmod(name: &str) -> std::path::PathBuf {
+    let dir = std::env::var_os("MGLRU_TESTMOD_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from("testmod"));
+    dir.join(format!("{name}.ko"))
+}
