@@ -31,8 +31,12 @@ for i in "${!patches[@]}"; do
 	p=${patches[$i]}
 	n=$((i + 1))
 	git am -q "$TOP/patches/$p" || die "patch $n ($p) does not apply"
-	cp=$(perl scripts/checkpatch.pl --no-tree -q "$TOP/patches/$p" 2>&1 || true)
-	errs=$(printf '%s\n' "$cp" | grep -c '^ERROR:' || true)
+	if cp=$(checkpatch "$TOP/patches/$p"); then
+		errs=$(printf '%s\n' "$cp" | tail -n 1 | cut -d' ' -f1)
+	else
+		printf '%s\n' "$cp" >&2
+		errs="(checkpatch did not run)"
+	fi
 	if step "[$n/${#patches[@]}] building with $p" \
 		run_logged "$MGLRU_CACHE/logs/bisect-$n.log" kmake bzImage modules; then
 		status=ok
@@ -40,7 +44,7 @@ for i in "${!patches[@]}"; do
 		status=FAILED
 		failed=$((failed + 1))
 	fi
-	[ "$errs" -eq 0 ] || { status="$status, checkpatch: $errs error(s)"; failed=$((failed + 1)); }
+	[ "$errs" = 0 ] || { status="$status, checkpatch: $errs error(s)"; failed=$((failed + 1)); }
 	results+=("$n $p: $status")
 done
 restore

@@ -20,8 +20,8 @@ out=$TOP/results/check-base
 bin=$TOP/tools/testing/selftests/target/x86_64-unknown-linux-gnu/release
 
 # The cases base must skip, as test:case (test: the whole program skipped
-# with a "1..0 # SKIP" plan), from results/check-base/base.ktap as committed
-# (kselftest totals skip:13): everything that needs the series' interfaces.
+# with a "1..0 # SKIP" plan), from results/check-base/base.ktap as committed:
+# everything that needs the series' interfaces.
 # A case skipping on base that is not here (a set-up error turned into a
 # skip, a test that no longer runs on 6.12) fails check-base, and so does one
 # listed here that did not skip.  Change it with the tests.
@@ -33,11 +33,12 @@ rust_doctests_test:mmu_notifier_doctests_passed
 rust_doctests_test:miscdevice_doctests_passed
 lru_gen_aging_test:lru_gen_y_sets_secondary_mmu_walk
 lru_gen_aging_test:accuracy_4k_0x8_on
-lru_gen_aging_test:aging_pass_time_measured
-lru_gen_aging_test:vcpu_overhead_measured
+lru_gen_aging_test:timed_passes_accurate_0x8_on_and_off
+lru_gen_aging_test:guest_writes_intact_with_aging_looping
 lru_gen_aging_test:accuracy_thp_0x8_on
 lru_gen_aging_test:batch_spans_memslots_holes_and_vmas
 lru_gen_aging_test:nested_guest_vm_still_ages_fast
+lru_gen_aging_test:nested_heavy_vm_ages_shadow_pages_fast
 lru_gen_aging_test:aging_races_faults_memslots_teardown
 "
 
@@ -67,6 +68,7 @@ step "deps" "$TOP/scripts/deps.sh"
 step "kernel (base)" env FLAVOR=base "$TOP/scripts/kernel.sh" build
 step "kernel (default)" env FLAVOR=default "$TOP/scripts/kernel.sh" build
 step "modules (default)" env FLAVOR=default "$TOP/scripts/modules.sh"
+step "modules (base: the C test modules)" env FLAVOR=base "$TOP/scripts/modules.sh"
 step "selftests build" "$TOP/scripts/selftests.sh"
 
 rm -rf "$out"
@@ -103,6 +105,8 @@ grep -q '^ok 1 exact_promotion_0x8_clear$' "$out/base-exact.ktap" 2>/dev/null ||
 # Base has no capability 0x8: the 0x8-set round must skip, saying so.
 grep -Eq '^ok [0-9]+ exact_promotion_0x8_set # SKIP .*no lru_gen capability 0x8' "$out/base-exact.ktap" 2>/dev/null ||
 	fail "exact_promotion_0x8_set did not skip on base (no capability 0x8 there)"
+grep -Eq '^ok [0-9]+ answers_shifted_by_one_page_are_caught # SKIP .*no lru_gen capability 0x8' "$out/base-exact.ktap" 2>/dev/null ||
+	fail "answers_shifted_by_one_page_are_caught did not skip on base (no fast-only op there)"
 [ -s "$out/base.json" ] || fail "base wrote no promotion maps"
 grep -q '"kernel": "[^"]*-base"' "$out/base.json" 2>/dev/null ||
 	fail "the maps do not come from the base kernel"
@@ -122,7 +126,8 @@ if [ -s "$out/base.json" ]; then
 		"$bin/lru_gen_exact_test" --map-out "$out/series.json" --compare "$out/base.json" |
 		tee "$out/series.ktap" || fail "lru_gen_exact_test --compare failed on the series"
 	# The series has 0x8: both rounds ran, and the comparison did.
-	for c in exact_promotion_0x8_clear exact_promotion_0x8_set same_pages_promoted_as_reference_kernel; do
+	for c in exact_promotion_0x8_clear exact_promotion_0x8_set answers_shifted_by_one_page_are_caught \
+		same_pages_promoted_as_reference_kernel; do
 		grep -Eq "^ok [0-9]+ $c\$" "$out/series.ktap" ||
 			fail "$c is not ok (or skipped) on the series"
 	done

@@ -61,20 +61,23 @@ out=$(
 [ -z "$out" ] && result patches_series_consistent ok || result patches_series_consistent fail "$out"
 
 # checkpatch.pl from the pinned tree: no errors in any patch (warnings are
-# printed for review but do not fail).
+# printed for review but do not fail); checkpatch that does not run to its
+# summary fails too.
 out=$(
 	series_patches | while read -r p; do
-		r=$(cd "$KDIR" && perl scripts/checkpatch.pl --no-tree --no-signoff -q \
-			--show-types "$TOP/patches/$p" 2>&1) || true
-		e=$(printf '%s\n' "$r" | grep -c '^ERROR:' || true)
-		w=$(printf '%s\n' "$r" | grep -c '^WARNING:' || true)
+		if ! r=$(checkpatch "$TOP/patches/$p"); then
+			echo "$p: checkpatch did not run"
+			printf '%s\n' "$r" | sed 's/^/    /'
+			continue
+		fi
+		read -r e w < <(printf '%s\n' "$r" | tail -n 1)
 		echo "$p: $e error(s), $w warning(s)"
-		[ "$e" -eq 0 ] || printf '%s\n' "$r" | sed 's/^/    /'
+		[ "$e" -eq 0 ] || printf '%s\n' "$r" | sed '$d; s/^/    /'
 	done
 )
 printf '%s\n' "$out" | sed 's/^/# checkpatch: /'
-if printf '%s\n' "$out" | grep -q '[1-9][0-9]* error(s)'; then
-	result checkpatch_no_errors fail "$out"
+if [ -z "$out" ] || printf '%s\n' "$out" | grep -q -e '[1-9][0-9]* error(s)' -e 'did not run'; then
+	result checkpatch_no_errors fail "${out:-no patch checked}"
 else
 	result checkpatch_no_errors ok
 fi

@@ -71,6 +71,18 @@ impl Ktap {
         std::process::exit(KSFT_SKIP)
     }
 
+    /// The environment lacks a prerequisite (`what`: KVM, debugfs, a
+    /// memcg controller, ...): on the project's test VM, whose kernels all
+    /// have it (`MGLRU_FLAVOR` set by `scripts/vm-run`), that is a failure
+    /// (`Bail out!`); on any other machine the whole plan is skipped.
+    pub fn lacks(what: &str) -> ! {
+        match crate::features::flavor() {
+            Ok(None) => Self::skip_all(what),
+            Ok(Some(f)) => Self::bail_out(&format!("the {f:?} flavour's kernel lacks: {what}")),
+            Err(e) => Self::bail_out(&format!("{e:#}")),
+        }
+    }
+
     /// Stops the run with a KTAP `Bail out!` line and exits with
     /// `KSFT_FAIL`: for a set-up step that failed where it must work.
     pub fn bail_out(reason: &str) -> ! {

@@ -682,6 +682,27 @@ impl TouchVm {
         Ok(())
     }
 
+    /// Deletes the `n` memslots [`TouchVm::set_data_slots`] made (the
+    /// pieces' count), so that KVM maps no data page any more. No vCPU may
+    /// run meanwhile.
+    pub fn delete_data_slots(&self, n: usize) -> Result<()> {
+        if n == 0 || n > MAX_DATA_PIECES {
+            bail!("want 1 to {MAX_DATA_PIECES} memslot pieces, got {n}");
+        }
+        self.set_data_slot(false)?;
+        for k in 1..n {
+            let slot = EXTRA_SLOT + k as u32 - 1;
+            let region = kvm_userspace_memory_region {
+                slot,
+                ..Default::default()
+            };
+            // SAFETY: size 0 deletes the slot; no memory is mapped.
+            unsafe { self.vm.set_user_memory_region(region) }
+                .with_context(|| format!("deleting memslot {slot}"))?;
+        }
+        Ok(())
+    }
+
     /// Reads KVM's per-VM statistic `name` from debugfs
     /// (`/sys/kernel/debug/kvm/<pid>-<vm fd>/<name>`).
     pub fn debugfs_stat(&self, name: &str) -> Result<u64> {

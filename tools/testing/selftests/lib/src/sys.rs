@@ -121,6 +121,11 @@ pub fn kernel_bug_lines(log: &str) -> Vec<&str> {
         "lock held when returning",
         "soft lockup",
         "blocked for more than",
+        // Page poisoning (debug flavour): a freed page was written, e.g.
+        // by a guest through a stale SPTE.
+        "pagealloc: memory corruption",
+        "pagealloc: single bit error",
+        "corrupted page details",
     ];
     log.lines()
         .filter(|l| MARKERS.iter().any(|m| l.contains(m)))

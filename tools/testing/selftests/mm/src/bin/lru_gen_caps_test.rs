@@ -150,7 +150,7 @@ fn boot_default(t: &Ktap, text: &str) -> Result<()> {
 fn main() {
     let _ = Opts::parse();
     if !features::exists(features::LRU_GEN_ENABLED) {
-        Ktap::skip_all(&format!(
+        Ktap::lacks(&format!(
             "no {} (CONFIG_LRU_GEN)",
             features::LRU_GEN_ENABLED
         ));

@@ -728,7 +728,7 @@ fn bad_buffer(t: &Ktap, f: &Fixture) -> Result<()> {
 fn main() {
     let _ = Opts::parse();
     if let Some(why) = features::memcg_aging_missing() {
-        Ktap::skip_all(&why);
+        Ktap::lacks(&why);
     }
     let guard = match CapsGuard::save() {
         Ok(g) => g,

@@ -1592,7 +1592,7 @@ fn main() {
         Ktap::skip_all(&why);
     }
     if let Some(why) = features::memcg_aging_missing() {
-        Ktap::skip_all(&why);
+        Ktap::lacks(&why);
     }
     let mut t = Ktap::new(18);
     let (guard, cg) = match aging::enter_sandbox(MEMCG) {

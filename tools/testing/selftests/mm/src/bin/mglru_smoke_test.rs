@@ -58,29 +58,54 @@ fn lru_gen_enabled() -> Result<()> {
     Ok(())
 }
 
+/// Forced aging sorts pages by their accessed bits: a pass finds the pages
+/// just faulted in (young PTEs) and puts them in the generation it fills; a
+/// second pass, with nothing touched, leaves them there; a third, after the
+/// process wrote every page, moves them into the generation it fills. Each
+/// within 10 % of the buffer (other pages of the memcg: the stack, libc).
 fn lru_gen_force_aging() -> Result<()> {
     const BYTES: usize = 8 << 20;
+    const PAGES: u64 = (BYTES / 4096) as u64;
     let cg = Memcg::create("mglru-smoke")?;
     cg.enter()?;
-    // Anonymous memory charged to the memcg, so its lruvec is not empty.
-    let buf = vec![1u8; BYTES];
-    std::hint::black_box(&buf);
-    let (before, after) = lru_gen::age_memcg(&cg.path(), 0).context("forced aging")?;
-    if after.total_anon() < (BYTES / 4096 / 2) as u64 {
-        bail!(
-            "memcg holds {} anon pages after aging, expected about {}",
-            after.total_anon(),
-            BYTES / 4096
-        );
+    let path = cg.path();
+    let mut buf = vec![1u8; BYTES];
+    std::hint::black_box(&mut buf);
+    sys::drain_lru_batches()?;
+    let anon = |n: &lru_gen::Node, seq: u64| n.gen(seq).map_or(0, |g| g.anon);
+    let (_, a1) = lru_gen::age_memcg(&path, 0).context("first forced pass")?;
+    let filled = a1.max_seq().context("no generations")? - 1;
+    let (_, a2) = lru_gen::age_memcg(&path, 0).context("second forced pass")?;
+    for i in (0..BYTES).step_by(4096) {
+        buf[i] = 2;
     }
-    let youngest_before = before.youngest().unwrap().anon;
-    let youngest_after = after.youngest().unwrap().anon;
-    // Nothing touched the buffer between faulting it and aging, so the
-    // newly created generation must not have taken the buffer's pages.
-    if youngest_after > youngest_before / 2 + 64 {
-        bail!("untouched pages were promoted: youngest gen had {youngest_before}, now {youngest_after}");
+    std::hint::black_box(&mut buf);
+    let (_, a3) = lru_gen::age_memcg(&path, 0).context("third forced pass")?;
+    let (most, least) = (PAGES * 9 / 10, PAGES / 10);
+    let mut bad = Vec::new();
+    if anon(&a1, filled) < most {
+        bad.push(format!(
+            "pass 1 found {} of the {PAGES} pages just faulted in",
+            anon(&a1, filled)
+        ));
+    }
+    if anon(&a2, filled + 1) > least || anon(&a2, filled) < most {
+        bad.push(format!(
+            "pass 2 (nothing touched) promoted {} pages and left {} in generation {filled}",
+            anon(&a2, filled + 1),
+            anon(&a2, filled)
+        ));
+    }
+    if anon(&a3, filled + 2) < most {
+        bad.push(format!(
+            "pass 3 found {} of the {PAGES} pages written since pass 2",
+            anon(&a3, filled + 2)
+        ));
     }
     drop(buf);
+    if !bad.is_empty() {
+        bail!("{}", bad.join("; "));
+    }
     Ok(())
 }
 
