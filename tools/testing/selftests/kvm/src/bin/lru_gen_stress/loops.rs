@@ -17,91 +17,226 @@ use std::time::{Duration, Instant};
 
 /// Forced aging passes on one memcg, back to back. Reading `lru_gen` costs
 /// as much as a small pass, so the loop predicts `max_seq` (each pass adds
-/// one) and reads it back every 8th pass, or when the kernel says the
-/// prediction ran ahead (`EINVAL`: someone else's pass did not happen, or
-/// ours was a no-op). Passes are counted from what it reads back: how far
-/// `max_seq` moved, by this thread or by reclaim. Every 16th read checks the
-/// walk stats of the generation the last pass filled.
+/// one) and reads it back every [`READ_EVERY`]th pass, or after an `EINVAL`
+/// (see [`classify_einval`]). Passes are counted from what it reads back:
+/// how far `max_seq` moved, by this thread or by reclaim. Every 16th read
+/// checks the walk stats of the generation the last pass filled.
 ///
 /// With `live`: the passes between two reads also count as "with a
 /// secondary MMU mapping the memcg" if it was mapped all that time (the
 /// same odd [`Live`] snapshot before the first read and after the second);
 /// a change of `live` forces a read, so that little is lost at the edges.
+///
+/// The memcg outlives the loop (`run` removes the memcgs only after every
+/// chaos thread ended), so a memcg that cannot be read is a violation too.
 pub fn aging_loop(sh: &Shared, path: &str, id: u32, live: Option<&Live>) {
-    let read_max = || -> Result<u64> {
-        lru_gen::read()
-            .and_then(|all| lru_gen::lruvec_in(&all, path, NID).map(|(_, n)| n.max_seq()))?
-            .context("no generations")
+    let mut a = Ager {
+        sh,
+        path,
+        id,
+        live,
+        errors: 0,
+        reads: 0,
+        seen: None,
+        from: None,
+        next: 0,
+        fresh: false,
+        since_read: 0,
     };
-    let snap = || live.map(Live::snap);
-    let mut errors = 0;
-    let mut reads = 0u64;
-    let (mut seen, mut next) = (None::<u64>, 0u64);
-    // The `live` snapshot taken before the read that gave `seen`.
-    let mut from = None::<u64>;
-    let mut since_read = 0;
     while !sh.stopping() {
         let _g = sh.gate.read().unwrap();
-        if live.is_some() && snap() != from {
-            since_read = 8;
+        if live.is_some() && a.snap() != a.from {
+            a.since_read = READ_EVERY;
         }
-        if seen.is_none() || since_read >= 8 {
-            let before = snap();
-            match read_max() {
-                Ok(m) => {
-                    if let Some(old) = seen {
-                        let moved = m.saturating_sub(old);
-                        sh.count("aging passes", moved);
-                        sh.count(&format!("aging passes on {path}"), moved);
-                        if let (Some(a), Some(b)) = (from, snap()) {
-                            if a == b && a & 1 == 1 {
-                                sh.count(
-                                    &format!("aging passes on {path}, secondary MMU mapped"),
-                                    moved,
-                                );
-                            }
-                        }
-                    }
-                    reads += 1;
-                    if reads.is_multiple_of(16) && m > 0 {
-                        match walk_stats_consistent(path, m - 1) {
-                            Ok(true) => sh.count("walk-stat checks", 1),
-                            Ok(false) => {}
-                            Err(e) => sh.violation("counters", format!("{e:#}")),
-                        }
-                    }
-                    seen = Some(m);
-                    from = before;
-                    next = m;
-                    since_read = 0;
-                }
-                Err(e) => {
-                    sh.violation("aging", format!("{path}: reading max_seq: {e:#}"));
-                    errors += 1;
-                    if errors > 10 {
-                        return;
-                    }
-                    drop(_g);
-                    sh.sleep(Duration::from_millis(100));
-                    continue;
-                }
-            }
-        }
-        match lru_gen::age(id, NID, next, true, true) {
-            Ok(()) => {
-                next += 1;
-                since_read += 1;
-            }
-            // The prediction ran ahead of max_seq: read it back.
-            Err(e) if sys::errno_of(&e) == Some(libc::EINVAL) => since_read = 8,
-            Err(e) => {
-                sh.violation("aging", format!("aging {path} from {next}: {e:#}"));
-                errors += 1;
-                if errors > 10 {
+        if a.seen.is_none() || a.since_read >= READ_EVERY {
+            if let Err(e) = a.read_back() {
+                if a.failed(format!("{path}: reading max_seq: {e:#}")) {
                     return;
                 }
+                drop(_g);
+                sh.sleep(Duration::from_millis(100));
+                continue;
             }
         }
+        if !a.age() {
+            return;
+        }
+    }
+}
+
+/// Passes between two reads of `max_seq` in [`aging_loop`].
+const READ_EVERY: u32 = 8;
+/// Errors after which [`aging_loop`] gives up on its memcg.
+const MAX_ERRORS: u32 = 10;
+
+/// The state of one [`aging_loop`].
+struct Ager<'a> {
+    sh: &'a Shared,
+    path: &'a str,
+    id: u32,
+    live: Option<&'a Live>,
+    errors: u32,
+    reads: u64,
+    /// `max_seq` at the last read.
+    seen: Option<u64>,
+    /// The `live` snapshot taken before the read that gave `seen`.
+    from: Option<u64>,
+    /// The `max_seq` the next write names.
+    next: u64,
+    /// `next` is `seen`: no write since the read.
+    fresh: bool,
+    since_read: u32,
+}
+
+impl Ager<'_> {
+    fn snap(&self) -> Option<u64> {
+        self.live.map(Live::snap)
+    }
+
+    /// Counts a violation; whether the loop should give up.
+    fn failed(&mut self, msg: String) -> bool {
+        self.sh.violation("aging", msg);
+        self.errors += 1;
+        self.errors > MAX_ERRORS
+    }
+
+    /// Reads `max_seq` back, counts the passes since the last read and
+    /// every 16th time checks the walk stats of the last pass.
+    fn read_back(&mut self) -> Result<u64> {
+        let before = self.snap();
+        let m = lru_gen::read()
+            .and_then(|all| lru_gen::lruvec_in(&all, self.path, NID).map(|(_, n)| n.max_seq()))?
+            .context("no generations")?;
+        let (sh, path) = (self.sh, self.path);
+        if let Some(old) = self.seen {
+            let moved = m.saturating_sub(old);
+            sh.count("aging passes", moved);
+            sh.count(&format!("aging passes on {path}"), moved);
+            if let (Some(a), Some(b)) = (self.from, self.snap()) {
+                if a == b && a & 1 == 1 {
+                    sh.count(
+                        &format!("aging passes on {path}, secondary MMU mapped"),
+                        moved,
+                    );
+                }
+            }
+        }
+        self.reads += 1;
+        if self.reads.is_multiple_of(16) && m > 0 {
+            match walk_stats_consistent(path, m - 1) {
+                Ok(true) => sh.count("walk-stat checks", 1),
+                Ok(false) => {}
+                Err(e) => sh.violation("counters", format!("{e:#}")),
+            }
+        }
+        self.seen = Some(m);
+        self.from = before;
+        self.next = m;
+        self.fresh = true;
+        self.since_read = 0;
+        Ok(m)
+    }
+
+    /// One forced pass from the predicted `max_seq`; false: give up.
+    fn age(&mut self) -> bool {
+        let written = self.next;
+        let err = match lru_gen::age(self.id, NID, written, true, true) {
+            Ok(()) => {
+                self.next += 1;
+                self.fresh = false;
+                self.since_read += 1;
+                return true;
+            }
+            Err(e) => e,
+        };
+        let path = self.path;
+        if sys::errno_of(&err) != Some(libc::EINVAL) {
+            return !self.failed(format!("aging {path} from {written}: {err:#}"));
+        }
+        // Read max_seq back at once, still inside the gate: no checkpoint
+        // pass can come between.
+        let fresh = self.fresh;
+        let now = match self.read_back() {
+            Ok(m) => m,
+            Err(e) => {
+                self.sh.count(EINVAL_UNEXPLAINED, 1);
+                return !self.failed(format!(
+                    "{path}: EINVAL aging from {written}, and max_seq cannot be read back \
+                     (the memcg outlives this loop): {e:#}"
+                ));
+            }
+        };
+        match classify_einval(written, fresh, now) {
+            Ok(cause) => {
+                self.sh.count(cause.name(), 1);
+                true
+            }
+            Err(why) => {
+                self.sh.count(EINVAL_UNEXPLAINED, 1);
+                !self.failed(format!("{path} (memcg id {}): {why}", self.id))
+            }
+        }
+    }
+}
+
+/// The count of `EINVAL`s from forced passes that no benign race explains
+/// (each also a violation).
+pub const EINVAL_UNEXPLAINED: &str = "aging EINVAL: unexplained";
+
+/// The benign causes of an `EINVAL` from a forced pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Einval {
+    /// `max_seq` is still one below what was written: the previous write,
+    /// of `max_seq` itself, joined a pass another ager (reclaim, kswapd)
+    /// was walking, so run_aging() returned 0 without creating the
+    /// generation (try_to_inc_max_seq() leaves that to the walker that
+    /// finishes the mm list), and that pass has not finished.
+    PassRunning,
+    /// `max_seq` reached what was written between the write and the read
+    /// back: the same race, and the other ager's pass just finished. The
+    /// next write names the `max_seq` just read, so if the `EINVAL` had
+    /// another cause it comes again there, unexplained.
+    PassFinished,
+}
+
+impl Einval {
+    /// Its count in the report.
+    pub fn name(self) -> &'static str {
+        match self {
+            Einval::PassRunning => "aging EINVAL: another ager's pass still running",
+            Einval::PassFinished => "aging EINVAL: another ager's pass finished before the re-read",
+        }
+    }
+}
+
+/// Why `+ memcg_id nid written 1 1` failed with `EINVAL`, given whether
+/// `written` was `max_seq` just read (`fresh`) and `max_seq` read back
+/// right after (`now`); `Err` when no benign race explains it.
+///
+/// run_aging() (mm/vmscan.c) fails with `EINVAL` only for `seq > max_seq`
+/// (an older `seq` is a no-op that returns 0); run_cmd() also for a node
+/// without memory, a memcg id that is gone and an out-of-range
+/// swappiness. `max_seq` never goes back, and every accepted write named at
+/// most `max_seq`, so the prediction runs at most one ahead: a benign
+/// `EINVAL` finds `max_seq` at `written - 1` then, and at least that when
+/// read back. A fresh `max_seq` can only be stale by being lower, which
+/// is accepted, so its `EINVAL` is never this race.
+fn classify_einval(written: u64, fresh: bool, now: u64) -> Result<Einval, String> {
+    if fresh {
+        return Err(format!(
+            "EINVAL aging from max_seq {written} just read (now {now}): not a stale max_seq"
+        ));
+    }
+    if now + 1 == written {
+        Ok(Einval::PassRunning)
+    } else if now >= written {
+        Ok(Einval::PassFinished)
+    } else {
+        Err(format!(
+            "EINVAL aging from {written}, max_seq read back {now}: below {}, which the \
+             last accepted write implied",
+            written - 1
+        ))
     }
 }
 
@@ -294,6 +429,24 @@ fn wait_unreferenced(sh: &Shared) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn einval_is_benign_only_one_past_a_predicted_max_seq() {
+        // The previous write joined another ager's pass for 9.
+        assert_eq!(classify_einval(10, false, 9), Ok(Einval::PassRunning));
+        // That pass finished (or more) before the read back.
+        assert_eq!(classify_einval(10, false, 10), Ok(Einval::PassFinished));
+        assert_eq!(classify_einval(10, false, 12), Ok(Einval::PassFinished));
+        // max_seq behind what an accepted write implied: went back, or
+        // another lruvec.
+        assert!(classify_einval(10, false, 8).is_err());
+        assert!(classify_einval(10, false, 0).is_err());
+        // A max_seq just read is never ahead of the kernel's.
+        assert!(classify_einval(10, true, 10).is_err());
+        assert!(classify_einval(10, true, 9).is_err());
+        assert!(classify_einval(10, true, 11).is_err());
+        assert!(classify_einval(0, true, 0).is_err());
+    }
 
     #[test]
     fn walk_stats_must_be_complete() {

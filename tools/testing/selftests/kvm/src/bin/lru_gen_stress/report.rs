@@ -3,6 +3,7 @@
 //! violations of its kinds and when the operations it depends on never
 //! happened; the counts are printed as diagnostics.
 
+use crate::loops::{Einval, EINVAL_UNEXPLAINED};
 use crate::shared::Tally;
 use crate::{CG_CHURN, CG_CKPT, CG_GUEST, CG_MIRROR};
 use anyhow::{bail, Result};
@@ -126,6 +127,13 @@ pub fn finish(r: &mut Report, run: Outcome) {
          guest {pg}, mirror users {pm}, checkpoint VM {pk}, checkpoints {pc}",
         pg + pm + pk + pc,
         run.min_passes
+    ));
+    r.t.diag(&format!(
+        "aging EINVAL by cause: {} another ager's pass still running, {} it finished before \
+         the re-read, {} unexplained (violations)",
+        c(Einval::PassRunning.name()),
+        c(Einval::PassFinished.name()),
+        c(EINVAL_UNEXPLAINED)
     ));
     let ck_on = c("checkpoints: 0x8 on") + c("checkpoints: 0x8 off");
     r.check(
