@@ -112,7 +112,8 @@ pub fn finish(r: &mut Report, run: Outcome) {
     let passes = c("aging passes");
     let (pg, pm, pk, pc) = secondary_passes(tally);
     r.t.diag(&format!(
-        "{passes} aging passes ({:.1}/s), {} checkpoints, {} guest pages verified after swap-in",
+        "{passes} aging passes ({:.1}/s), {} checkpoints, {} guest pages verified after swap-in, \
+         {} guest pages host-verified in {} checks ({} of them read back from swap by the host)",
         passes as f64 / run.elapsed.as_secs_f64(),
         tally
             .counts
@@ -120,7 +121,10 @@ pub fn finish(r: &mut Report, run: Outcome) {
             .filter(|(k, _)| k.starts_with("checkpoints:"))
             .map(|(_, v)| v)
             .sum::<u64>(),
-        c("guest pattern pages read back from swap")
+        c("guest pattern pages read back from swap"),
+        c("guest pages host-verified"),
+        c("guest host checks"),
+        c("guest pages host-verified from swap")
     ));
     r.t.diag(&format!(
         "{} aging passes while a secondary MMU mapped the memcg (--min-passes {}): \
@@ -156,8 +160,7 @@ pub fn finish(r: &mut Report, run: Outcome) {
         "guest_data_intact_across_swap",
         verdict(
             violations(tally, "guest_data_intact_across_swap"),
-            (c("guest pattern pages read back from swap") == 0)
-                .then(|| "no pattern page was swapped out: the check saw no swap".into()),
+            guest_data_shortfall(tally),
         ),
     );
     r.check(
@@ -243,6 +246,19 @@ fn chaos_shortfall(tally: &Tally, min_passes: u64) -> Option<String> {
             "{secondary} aging passes while a secondary MMU mapped the memcg < --min-passes {min_passes}"
         )
     })
+}
+
+/// Why the guest data check saw too little, if it did: no pattern page
+/// was swapped out before a guest verification, or the host never read
+/// the guest's memory back after one.
+fn guest_data_shortfall(tally: &Tally) -> Option<String> {
+    if tally.get("guest pattern pages read back from swap") == 0 {
+        Some("no pattern page was swapped out: the check saw no swap".into())
+    } else if tally.get("guest pages host-verified") == 0 {
+        Some("the host never read the guest's memory back after a guest verification".into())
+    } else {
+        None
+    }
 }
 
 /// A case's result: its violations and what else failed it.
