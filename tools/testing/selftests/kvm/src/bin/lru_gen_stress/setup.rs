@@ -64,7 +64,7 @@ pub struct Kernel {
 }
 
 /// Checks that the kernel is `vm-run`'s flavour and, on the debug one,
-/// that KASAN and kmemleak are on: a check whose facility is missing there
+/// that KASAN, kmemleak and page poisoning are on: a check whose facility is missing there
 /// fails rather than passing having checked nothing.
 pub fn check_kernel(flavor: Option<Flavor>) -> Result<Kernel> {
     let series_flavor = matches!(flavor, Some(Flavor::Default | Flavor::Debug));
@@ -78,6 +78,18 @@ pub fn check_kernel(flavor: Option<Flavor>) -> Result<Kernel> {
         }
         if !kmemleak {
             bail!("no {KMEMLEAK} on the debug kernel (DEBUG_KMEMLEAK, configs/debug.config)");
+        }
+        // Page poisoning: asked for on the command line (vm-run) and known
+        // to the kernel (PAGE_POISONING; else the parameter is "unknown").
+        let cmdline = sys::read("/proc/cmdline")?;
+        let unknown = sys::dmesg()?
+            .lines()
+            .any(|l| l.contains("Unknown kernel command line") && l.contains("page_poison"));
+        if !cmdline.split_whitespace().any(|w| w == "page_poison=1") || unknown {
+            bail!(
+                "the debug kernel does not poison freed pages (page_poison=1 on {cmdline:?}, \
+                 PAGE_POISONING in configs/debug.config)"
+            );
         }
     }
     Ok(Kernel {
