@@ -1,20 +1,27 @@
 // SPDX-License-Identifier: GPL-2.0
 //! A minimal KVM guest for aging tests, on kvm-ioctls/kvm-bindings.
 //!
-//! The guest runs in 32-bit protected mode with paging off, so a guest
-//! physical address is the address its code uses and every guest access to
-//! data memory goes through exactly one translation: the host's TDP (NPT)
-//! page table.  Its only program walks a range of pages, reading or writing
-//! one dword per page, then leaves through an `out` to [`DONE_PORT`].
+//! The guest runs in 64-bit long mode on page tables that map guest
+//! physical memory to itself in 2 MiB pages, so a guest physical address is
+//! the address its code uses, and data memory can reach [`MAX_DATA`]. Its
+//! programs walk a range of pages, reading or writing one dword per page,
+//! then leave through an `out` to [`DONE_PORT`].
 //!
-//! Data memory is memslot 0 at guest physical address 0; the code lives in
-//! its own small memslot at [`CODE_GPA`] so it never pollutes the data.
+//! Data memory is memslot 0 at guest physical address 0. The code and the
+//! page tables live in their own small memslot at [`CODE_GPA`], so the
+//! data holds only what the programs write: aging and evicting it page by
+//! page never touches a page table. The guest's walks do make a few pages
+//! of the code memslot young besides its code page: the PML4, the PDPT,
+//! the code's page directory and one per GiB of data it touched (5 pages
+//! for a VM under 1 GiB).
 
 mod guest;
 mod host_mem;
 mod run;
 
-pub use guest::{BAD_PORT, CODE_GPA, DONE_PORT, MAX_DATA, NESTED_RESERVED_PAGES, PAGE_SIZE};
+pub use guest::{
+    BAD_PORT, CODE_GPA, DONE_PORT, MAX_DATA, MAX_DATA_SVM, NESTED_RESERVED_PAGES, PAGE_SIZE,
+};
 pub use host_mem::{Backing, HostMem};
 pub use run::{allowed_cpus, check_cpu, set_run_limit, set_vcpu_cpus, vcpu_cpus};
 
@@ -75,7 +82,16 @@ pub struct TouchVm {
     _kvm: Kvm,
 }
 
-fn flat_segment(selector: u16, type_: u8) -> kvm_segment {
+const CR0_PE: u64 = 1;
+const CR0_PG: u64 = 1 << 31;
+const CR4_PAE: u64 = 1 << 5;
+const EFER_LME: u64 = 1 << 8;
+const EFER_LMA: u64 = 1 << 10;
+/// CPUID 0x8000_0001 ECX: SVM.
+const CPUID_SVM: u32 = 1 << 2;
+
+/// A flat segment: `long` makes a 64-bit code segment (L=1, D=0).
+fn flat_segment(selector: u16, type_: u8, long: bool) -> kvm_segment {
     kvm_segment {
         base: 0,
         limit: 0xffff_ffff,
@@ -83,9 +99,9 @@ fn flat_segment(selector: u16, type_: u8) -> kvm_segment {
         type_,
         present: 1,
         dpl: 0,
-        db: 1,
+        db: u8::from(!long),
         s: 1,
-        l: 0,
+        l: u8::from(long),
         g: 1,
         avl: 0,
         unusable: 0,
@@ -94,15 +110,17 @@ fn flat_segment(selector: u16, type_: u8) -> kvm_segment {
 }
 
 impl TouchVm {
-    /// Creates a VM with `mem_bytes` of data memory and `nr_vcpus` vCPUs.
+    /// Creates a VM with `mem_bytes` of data memory, at most [`MAX_DATA`],
+    /// and `nr_vcpus` vCPUs.
     pub fn new(mem_bytes: usize, nr_vcpus: usize, backing: Backing) -> Result<Self> {
         Self::build(mem_bytes, nr_vcpus, backing, false)
     }
 
-    /// Like [`TouchVm::new`], with AMD SVM exposed to the guest (CPUID from
-    /// `KVM_GET_SUPPORTED_CPUID`, `EFER.SVME` set, `VM_HSAVE_PA` pointing
-    /// into the reserved pages), so that [`TouchVm::run_nested_once`] can run
-    /// a nested guest. Fails if KVM does not offer nested SVM.
+    /// Like [`TouchVm::new`], with AMD SVM exposed to the guest (SVM in its
+    /// CPUID, `EFER.SVME` set, `VM_HSAVE_PA` pointing into the reserved
+    /// pages), so that [`TouchVm::run_nested_once`] can run a nested guest,
+    /// and at most [`MAX_DATA_SVM`] of data memory. Fails if KVM does not
+    /// offer nested SVM.
     pub fn new_with_svm(mem_bytes: usize, nr_vcpus: usize, backing: Backing) -> Result<Self> {
         if mem_bytes < NESTED_RESERVED_PAGES * PAGE_SIZE {
             bail!("a nested guest needs at least {NESTED_RESERVED_PAGES} pages");
@@ -111,8 +129,19 @@ impl TouchVm {
     }
 
     fn build(mem_bytes: usize, nr_vcpus: usize, backing: Backing, svm: bool) -> Result<Self> {
-        if mem_bytes > MAX_DATA {
-            bail!("guest memory {mem_bytes} exceeds {MAX_DATA}");
+        let (max, why) = if svm {
+            (
+                MAX_DATA_SVM,
+                "a VM with a nested guest, whose L2 runs 32-bit,",
+            )
+        } else {
+            (MAX_DATA, "the guest")
+        };
+        if mem_bytes > max {
+            bail!(
+                "guest memory of {mem_bytes} bytes exceeds the {} GiB {why} can address",
+                max >> 30
+            );
         }
         if nr_vcpus == 0 {
             bail!("need at least one vCPU");
@@ -120,56 +149,26 @@ impl TouchVm {
         let kvm = Kvm::new().context("opening /dev/kvm")?;
         let vm = kvm.create_vm().context("KVM_CREATE_VM")?;
         let mem = HostMem::new(mem_bytes, backing)?;
-        let code = HostMem::new(PAGE_SIZE, Backing::Anon4k)?;
-        // SAFETY: `code` is a fresh mapping of PAGE_SIZE bytes; the two
-        // programs fit (checked by the constants' sizes) at their offsets.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                WRITE_LOOP.as_ptr(),
-                code.as_ptr().add(WRITE_OFF as usize),
-                WRITE_LOOP.len(),
-            );
-            std::ptr::copy_nonoverlapping(
-                READ_LOOP.as_ptr(),
-                code.as_ptr().add(READ_OFF as usize),
-                READ_LOOP.len(),
-            );
-            std::ptr::copy_nonoverlapping(
-                VMRUN_ONCE.as_ptr(),
-                code.as_ptr().add(VMRUN_OFF as usize),
-                VMRUN_ONCE.len(),
-            );
-            std::ptr::copy_nonoverlapping(
-                TIMED_WRITE_LOOP.as_ptr(),
-                code.as_ptr().add(TIMED_OFF as usize),
-                TIMED_WRITE_LOOP.len(),
-            );
-            std::ptr::copy_nonoverlapping(
-                PATTERN_WRITE_LOOP.as_ptr(),
-                code.as_ptr().add(PATTERN_WRITE_OFF as usize),
-                PATTERN_WRITE_LOOP.len(),
-            );
-            std::ptr::copy_nonoverlapping(
-                PATTERN_VERIFY_LOOP.as_ptr(),
-                code.as_ptr().add(PATTERN_VERIFY_OFF as usize),
-                PATTERN_VERIFY_LOOP.len(),
-            );
+        let mut code = HostMem::new(CODE_BYTES, Backing::Anon4k)?;
+        code.write_at(0, &programs_page())?;
+        code.write_at((PAGE_TABLES_GPA - CODE_GPA) as usize, &guest_page_tables())?;
+        // Long mode needs CPUID to offer it (KVM checks CR4.PAE and
+        // EFER.LME against the guest's CPUID). SVM stays hidden unless asked
+        // for, as it was when these guests had no CPUID.
+        let mut cpuid = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .context("KVM_GET_SUPPORTED_CPUID")?;
+        let ext = cpuid
+            .as_mut_slice()
+            .iter_mut()
+            .find(|e| e.function == 0x8000_0001)
+            .context("KVM_GET_SUPPORTED_CPUID has no leaf 0x80000001")?;
+        if svm && ext.ecx & CPUID_SVM == 0 {
+            bail!("KVM does not offer SVM to guests (kvm_amd.nested=0 or not AMD)");
         }
-        let cpuid = if svm {
-            let c = kvm
-                .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-                .context("KVM_GET_SUPPORTED_CPUID")?;
-            let has_svm = c
-                .as_slice()
-                .iter()
-                .any(|e| e.function == 0x8000_0001 && e.ecx & (1 << 2) != 0);
-            if !has_svm {
-                bail!("KVM does not offer SVM to guests (kvm_amd.nested=0 or not AMD)");
-            }
-            Some(c)
-        } else {
-            None
-        };
+        if !svm {
+            ext.ecx &= !CPUID_SVM;
+        }
         let log = HostMem::new(
             (mem.pages() * 4).next_multiple_of(PAGE_SIZE),
             Backing::Anon4k,
@@ -186,7 +185,7 @@ impl TouchVm {
                 memory_size: m.len() as u64,
                 userspace_addr: m.as_ptr() as u64,
             };
-            // SAFETY: the host memory outlives the VM: both `HostMem`s are
+            // SAFETY: the host memory outlives the VM: the `HostMem`s are
             // fields of `TouchVm` declared after `vm`, so the VM fd is
             // closed before they are unmapped.
             unsafe { vm.set_user_memory_region(region) }
@@ -197,8 +196,9 @@ impl TouchVm {
             let vcpu = vm
                 .create_vcpu(id as u64)
                 .with_context(|| format!("KVM_CREATE_VCPU {id}"))?;
+            vcpu.set_cpuid2(&cpuid).context("KVM_SET_CPUID2")?;
             let mut sregs = vcpu.get_sregs().context("KVM_GET_SREGS")?;
-            sregs.cs = flat_segment(0x8, 0xb);
+            sregs.cs = flat_segment(0x8, 0xb, true);
             for s in [
                 &mut sregs.ds,
                 &mut sregs.es,
@@ -206,13 +206,14 @@ impl TouchVm {
                 &mut sregs.gs,
                 &mut sregs.ss,
             ] {
-                *s = flat_segment(0x10, 0x3);
+                *s = flat_segment(0x10, 0x3, false);
             }
-            sregs.cr0 = (sregs.cr0 | 1) & !(1 << 31); // PE on, PG off
-            sregs.efer = 0;
-            if let Some(c) = &cpuid {
-                vcpu.set_cpuid2(c).context("KVM_SET_CPUID2")?;
-                sregs.efer = EFER_SVME;
+            sregs.cr0 |= CR0_PE | CR0_PG;
+            sregs.cr3 = PAGE_TABLES_GPA;
+            sregs.cr4 |= CR4_PAE;
+            sregs.efer = EFER_LME | EFER_LMA;
+            if svm {
+                sregs.efer |= EFER_SVME;
                 let msrs = Msrs::from_entries(&[kvm_msr_entry {
                     index: MSR_VM_HSAVE_PA,
                     data: NESTED_HSAVE,
@@ -223,7 +224,8 @@ impl TouchVm {
                     bail!("KVM_SET_MSRS did not take MSR_VM_HSAVE_PA");
                 }
             }
-            vcpu.set_sregs(&sregs).context("KVM_SET_SREGS")?;
+            vcpu.set_sregs(&sregs)
+                .context("KVM_SET_SREGS (long mode)")?;
             vcpus.push(vcpu);
         }
         Ok(Self {
@@ -305,7 +307,7 @@ impl TouchVm {
         let found = std::sync::Mutex::new(None);
         self.split_over_vcpus(n, first, count, |vcpu, lo, hi| {
             let regs = kvm_regs {
-                rip: CODE_GPA + PATTERN_VERIFY_OFF,
+                rip: CODE_GPA + PATTERN_VERIFY_LOOP.off,
                 rflags: 0x2,
                 rsi: base + (lo * PAGE_SIZE) as u64,
                 rdi: PAGE_SIZE as u64,
@@ -398,28 +400,18 @@ impl TouchVm {
     /// nested page table for that, so afterwards the VM has shadow pages
     /// (rmaps) besides its TDP MMU mappings, for as long as it lives.
     ///
-    /// KVM requires paging for SVM instructions, so L1 runs this with a
-    /// 4 MiB-page identity map (`CR4.PSE`), and its registers are put back
-    /// to paging off afterwards.
+    /// L1 runs in long mode like every program; L2 runs in 32-bit
+    /// protected mode with paging off, on a nested page table that maps its
+    /// 4 GiB to L1's first 4 GiB ([`MAX_DATA_SVM`]). Keeping L2 32-bit
+    /// keeps it free of page tables of its own, which would have to live in
+    /// data memory, the only memory L2 reaches.
     ///
     /// The VM must come from [`TouchVm::new_with_svm`]. Overwrites the
     /// reserved pages; returns the `VMMCALL` exit's L2 RIP.
     pub fn run_nested_once(&mut self, idx: usize, marker: u32) -> Result<u64> {
-        // L1's nested page table, in 32-bit two-level format (L1 runs with
-        // CR4.PAE and EFER.LMA clear): identity map of the first 4 MiB,
-        // user + writable + present, as nested walks are user accesses.
-        let mut pt = Vec::with_capacity(PAGE_SIZE);
-        for i in 0..1024u32 {
-            pt.extend_from_slice(&((i << 12) | 7).to_le_bytes());
-        }
-        self.prepare_nested(&L2_PROGRAM)?;
-        let mem = &mut self.mem;
-        mem.write_at(
-            NESTED_NPT_PD as usize,
-            &((NESTED_NPT_PT as u32) | 7).to_le_bytes(),
-        )?;
-        mem.write_at(NESTED_NPT_PT as usize, &pt)?;
-        mem.write_at(NESTED_L2_SRC as usize, &marker.to_le_bytes())?;
+        self.prepare_nested(L2_PROGRAM)?;
+        self.mem
+            .write_at(NESTED_L2_SRC as usize, &marker.to_le_bytes())?;
         self.run_nested(idx, kvm_regs::default())?;
         let copied = self.mem.read_u32_at(NESTED_L2_DST as usize)?;
         if copied != marker {
@@ -432,7 +424,7 @@ impl TouchVm {
 
     /// Has vCPU `idx` run a nested (L2) guest that reads `count` pages,
     /// every `stride`-th page of data memory from page `first`, through
-    /// L1's nested page table (an identity map of all data memory in 4 MiB
+    /// L1's nested page table (an identity map of L2's 4 GiB in 2 MiB
     /// pages). KVM shadows that table, so each page L2 reads is mapped by a
     /// shadow SPTE and has an rmap entry besides its TDP MMU SPTE, and its
     /// accessed state from then on is in the shadow SPTE only: L2's reads
@@ -452,11 +444,11 @@ impl TouchVm {
         if count == 0 || stride == 0 || first + (count - 1) * stride >= pages {
             bail!("bad nested read: pages {first}+{count}x{stride} of {pages}");
         }
-        self.prepare_nested(&L2_READ_LOOP)?;
-        // User (nested walks are user accesses) on top of present, writable
-        // and PS.
-        self.mem
-            .write_at(NESTED_NPT_PD as usize, &identity_pd_4m(0x87))?;
+        let end = self.data_gpa + ((first + (count - 1) * stride + 1) * PAGE_SIZE) as u64;
+        if end > MAX_DATA_SVM as u64 {
+            bail!("nested read up to {end:#x}: L2 (32-bit) addresses only {MAX_DATA_SVM:#x}");
+        }
+        self.prepare_nested(L2_READ_LOOP)?;
         let regs = kvm_regs {
             rsi: self.data_gpa + (first * PAGE_SIZE) as u64,
             rdi: (stride * PAGE_SIZE) as u64,
@@ -473,42 +465,33 @@ impl TouchVm {
         Ok(())
     }
 
-    /// Zeroes the reserved pages, then writes L1's own page directory
-    /// (1024 present, writable 4 MiB pages), L2's program and the VMCB;
-    /// the caller writes the nested page table.
-    fn prepare_nested(&mut self, l2_program: &[u8]) -> Result<()> {
+    /// Zeroes the reserved pages it uses, then writes L2's program, the
+    /// VMCB and the nested page table.
+    fn prepare_nested(&mut self, l2_program: &[Insn]) -> Result<()> {
         let mem = &mut self.mem;
-        for page in 1..10 {
+        for page in 1..NESTED_PAGES_END {
             mem.write_at(page * PAGE_SIZE, &[0u8; PAGE_SIZE])?;
         }
-        mem.write_at(NESTED_L1_PD as usize, &identity_pd_4m(0x83))?;
-        mem.write_at(NESTED_L2_CODE as usize, l2_program)?;
-        mem.write_at(NESTED_VMCB as usize, &vmcb12())
+        mem.write_at(NESTED_L2_CODE as usize, &assemble(l2_program))?;
+        mem.write_at(NESTED_VMCB as usize, &vmcb12())?;
+        mem.write_at(
+            NESTED_NPT as usize,
+            &identity_map(NESTED_NPT, NESTED_NPT_GIB, true),
+        )
     }
 
-    /// Runs L1's `VMRUN` program on vCPU `idx` with paging on (see
-    /// [`TouchVm::run_nested_once`]) and `regs`' rsi, rdi and rcx, which
-    /// L2 inherits; checks that L2 left through `VMMCALL` and returns L1's
-    /// registers afterwards.
+    /// Runs L1's `VMRUN` program on vCPU `idx` with `regs`' rsi, rdi and
+    /// rcx, which L2 inherits; checks that L2 left through `VMMCALL` and
+    /// returns L1's registers afterwards.
     fn run_nested(&mut self, idx: usize, regs: kvm_regs) -> Result<kvm_regs> {
         let vcpu = self.vcpus.get_mut(idx).context("no such vCPU")?;
-        let flat = vcpu.get_sregs().context("KVM_GET_SREGS")?;
-        let mut paged = flat;
-        paged.cr3 = NESTED_L1_PD;
-        paged.cr4 |= CR4_PSE;
-        paged.cr0 |= CR0_PG;
-        vcpu.set_sregs(&paged)
-            .context("KVM_SET_SREGS (paging on)")?;
         let regs = kvm_regs {
-            rip: CODE_GPA + VMRUN_OFF,
+            rip: CODE_GPA + VMRUN_ONCE.off,
             rflags: 0x2,
             ..regs
         };
         vcpu.set_regs(&regs).context("KVM_SET_REGS")?;
-        let run = run_until_done(vcpu);
-        vcpu.set_sregs(&flat)
-            .context("KVM_SET_SREGS (paging off)")?;
-        run?;
+        run_until_done(vcpu)?;
         let after = vcpu.get_regs().context("KVM_GET_REGS")?;
         let mem = &self.mem;
         let vmcb = NESTED_VMCB as usize;
@@ -562,7 +545,7 @@ impl TouchVm {
         let base = self.data_gpa;
         self.split_over_vcpus(n, first, count, |vcpu, lo, hi| {
             let regs = kvm_regs {
-                rip: CODE_GPA + TIMED_OFF,
+                rip: CODE_GPA + TIMED_WRITE_LOOP.off,
                 rflags: 0x2,
                 rsi: base + (lo * PAGE_SIZE) as u64,
                 rdi: PAGE_SIZE as u64,
@@ -655,9 +638,9 @@ fn run_touch(
         bail!("touch of page {last} beyond guest memory ({pages} pages)");
     }
     let (off, value) = match access {
-        Access::Write(v) => (WRITE_OFF, v),
-        Access::Read => (READ_OFF, 0),
-        Access::Pattern(seed) => (PATTERN_WRITE_OFF, seed),
+        Access::Write(v) => (WRITE_LOOP.off, v),
+        Access::Read => (READ_LOOP.off, 0),
+        Access::Pattern(seed) => (PATTERN_WRITE_LOOP.off, seed),
     };
     let regs = kvm_regs {
         rip: CODE_GPA + off,
@@ -671,4 +654,25 @@ fn run_touch(
     };
     vcpu.set_regs(&regs).context("KVM_SET_REGS")?;
     run_until_done(vcpu)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_above_the_limits_are_rejected_before_kvm_is_opened() {
+        let e = TouchVm::new(MAX_DATA + PAGE_SIZE, 1, Backing::Anon4k).err();
+        let e = format!("{:#}", e.expect("above MAX_DATA"));
+        assert!(
+            e.contains("exceeds the 16 GiB the guest can address"),
+            "{e}"
+        );
+        let e = TouchVm::new_with_svm(MAX_DATA_SVM + PAGE_SIZE, 1, Backing::Anon4k).err();
+        let e = format!("{:#}", e.expect("above MAX_DATA_SVM"));
+        assert!(
+            e.contains("exceeds the 4 GiB a VM with a nested guest"),
+            "{e}"
+        );
+    }
 }

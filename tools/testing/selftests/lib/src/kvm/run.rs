@@ -8,12 +8,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// The guest's registers, for an error message: where its program was
-/// (`rip`), how far its loop got (`ecx` pages left, `esi` the page
-/// address, `edx` the pattern value) and what it read (`eax`).
+/// (`rip`), how far its loop got (`rcx` pages left, `rsi` the page
+/// address, `rdx` the pattern value) and what it read (`rax`).
 fn reg_dump(vcpu: &VcpuFd) -> String {
     match vcpu.get_regs() {
         Ok(r) => format!(
-            "rip {:#x} eax {:#x} ecx {:#x} edx {:#x} esi {:#x} edi {:#x} ebx {:#x} rflags {:#x}",
+            "rip {:#x} rax {:#x} rcx {:#x} rdx {:#x} rsi {:#x} rdi {:#x} rbx {:#x} rflags {:#x}",
             r.rip, r.rax, r.rcx, r.rdx, r.rsi, r.rdi, r.rbx, r.rflags
         ),
         Err(e) => format!("registers unreadable: {e}"),
