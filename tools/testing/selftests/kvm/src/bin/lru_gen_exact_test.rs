@@ -219,7 +219,10 @@ fn madvise(mem: &HostMem, (first, count): (usize, usize), advice: libc::c_int) -
 }
 
 /// Young fast-only answers one VM may add beyond the pages its guest
-/// touched: its code page (the guest has no stack), with room to spare.
+/// touched: the pages of its code memslot its walks and fetches touch (the
+/// code page and the long-mode page tables: PML4, PDPT, the directory of
+/// the code and one per GiB of data touched; 5 for these VMs), with room
+/// to spare; the guest has no stack.
 const SLACK_PER_VM: u64 = 8;
 /// The capability masks of the two rounds.
 const CAPS_0X7: u32 = caps::CORE | caps::MM_WALK | caps::NONLEAF_YOUNG;
@@ -355,7 +358,7 @@ struct GuestPages {
     /// Pages of the folios they touched (a THP KVM maps with a 2 MiB
     /// SPTE answers young for all its pages).
     touched_folios: u64,
-    /// VMs (each adds its code page).
+    /// VMs (each adds its code page and page-table pages).
     vms: u64,
 }
 

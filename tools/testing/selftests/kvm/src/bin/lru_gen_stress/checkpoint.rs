@@ -326,7 +326,8 @@ fn counter_problems(mode: Mode, p: &Measured, nv: u64, nm: u64) -> Vec<String> {
     } else {
         d.fast_young
     };
-    // The guest's code page is young too, its log page is not.
+    // The guest's code page and the page tables its walks read (code
+    // memslot, 5 pages) are young too, its log page is not.
     if s < nv + fast_mirror || s > nv + fast_mirror + 8 {
         bad.push(format!(
             "S={s} young answers, but {nv} guest pages touched and the mirror answered {fast_mirror}"
@@ -570,7 +571,7 @@ mod tests {
             1
         );
         // 0x8 on: S covers the guest's touched pages, the mirror's fast
-        // answers and at most 8 more (the code page).
+        // answers and at most 8 more (the code and page-table pages).
         let on = lru_mirror::Stats {
             fast_calls: 2,
             fast_pages: 1024,
