@@ -14,6 +14,8 @@ PKGS=(
 	ca-certificates debootstrap
 	# make bench draws its plots with gnuplot.
 	gnuplot-nox
+	# objdump: the selftest library's unit test disassembles the guest code.
+	binutils
 )
 
 missing=()
