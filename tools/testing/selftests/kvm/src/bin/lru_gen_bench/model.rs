@@ -32,7 +32,7 @@ pub mod key {
 /// Display order of the aging-pass columns.
 pub const PASS_ORDER: [&str; 5] = [key::BASE, key::OFF, key::ON, key::FLOOR, key::FLOOR_BASE];
 /// Display order of the re-fault-round columns.
-pub const ROUND_ORDER: [&str; 5] = [key::NONE_BASE, key::BASE, key::NONE, key::OFF, key::ON];
+pub const ROUND_ORDER: [&str; 5] = [key::NONE_BASE, key::NONE, key::BASE, key::OFF, key::ON];
 
 /// Which kernel(s) a run's columns come from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -813,7 +813,7 @@ pub mod tests {
         let keys: Vec<&str> = p.rounds.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(
             keys,
-            [key::NONE_BASE, key::BASE, key::NONE, key::OFF, key::ON]
+            [key::NONE_BASE, key::NONE, key::BASE, key::OFF, key::ON]
         );
         // The base run's floor is its own column, not the series' one.
         assert_eq!(p.col(key::FLOOR_BASE), b.points[0].col(key::FLOOR));

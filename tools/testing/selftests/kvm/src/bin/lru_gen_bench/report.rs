@@ -500,7 +500,7 @@ mod tests {
             .collect();
         assert_eq!(
             blocks,
-            ["# none_base_boot", "# base", "# none", "# off", "# on"]
+            ["# none_base_boot", "# none", "# base", "# off", "# on"]
         );
         std::fs::remove_dir_all(&dir).unwrap();
     }
