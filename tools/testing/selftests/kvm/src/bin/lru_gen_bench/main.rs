@@ -174,15 +174,15 @@ fn read_run(path: &Path) -> Result<Run> {
 
 /// Series mode where the kernel has 0x8; base mode where it does not and
 /// is not the series' (a series kernel without 0x8 is an error), or when
-/// asked.
-fn mode(as_base: bool) -> Result<Mode> {
-    if as_base {
-        return Ok(Mode::Base);
-    }
+/// asked. Also whether base mode was forced onto a kernel with 0x8.
+fn mode(as_base: bool) -> Result<(Mode, bool)> {
     let has = features::has_secondary_mmu_walk()?;
+    if as_base {
+        return Ok((Mode::Base, has));
+    }
     match features::series_feature(has, "lru_gen capability 0x8")? {
-        None => Ok(Mode::Series),
-        Some(_) => Ok(Mode::Base),
+        None => Ok((Mode::Series, false)),
+        Some(_) => Ok((Mode::Base, false)),
     }
 }
 
@@ -205,10 +205,10 @@ fn bench(o: &Opts) -> Result<()> {
     let start = Instant::now();
     let (guard, cg) = aging::enter_sandbox(MEMCG)?;
     let floor_cg = Memcg::create(FLOOR_MEMCG)?;
-    let mode = mode(o.as_base)?;
+    let (mode, forced) = mode(o.as_base)?;
     let plan = Plan::new(mode);
     let mut run = Run::new(mode, features::kernel_release()?);
-    run.forced_base = o.as_base;
+    run.forced_base = forced;
     (run.repeat, run.stride, run.round_mem_mib) = (o.repeat, o.stride, (o.round_mem >> 20) as u64);
     progress(
         start,
