@@ -224,10 +224,15 @@ fn bench(o: &Opts) -> Result<()> {
             let total = m * v as usize;
             if total > max_total {
                 let why = format!(
-                    "{} x {v}: {} MiB of guest memory exceeds the {} MiB the bench's guest can address",
+                    "{} x {v}: {} MiB of guest memory exceeds {} MiB ({})",
                     size(m),
                     total >> 20,
-                    max_total >> 20
+                    max_total >> 20,
+                    if o.max_total.is_some() {
+                        "--max-total"
+                    } else {
+                        "what the bench's guest can address"
+                    }
                 );
                 progress(start, &format!("SKIP {why}"));
                 run.skipped.push(why);
