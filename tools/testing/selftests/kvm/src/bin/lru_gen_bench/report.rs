@@ -58,16 +58,15 @@ fn ratio_name(run: &Run, (a, b): (&str, &str)) -> String {
     format!("{}/{}", run.label(a), run.label(b))
 }
 
-/// The ratios of `specs` whose columns exist, as `name value [lo, hi]`.
+/// The ratios of `specs` whose columns both exist (`get` gives a column's
+/// samples).
 fn ratios<'a>(
-    run: &Run,
     specs: &[(&'a str, &'a str)],
     get: impl Fn(&str) -> Option<&'a [f64]>,
 ) -> Vec<((&'a str, &'a str), Option<Ratio>)> {
     specs
         .iter()
         .filter_map(|&(a, b)| Some(((a, b), ratio_of(get(a)?, get(b)?))))
-        .filter(|_| run.repeat > 0)
         .collect()
 }
 
@@ -121,7 +120,7 @@ fn pass_block(run: &Run, p: &Point, out: &mut Vec<String>) {
         }
     }
     out.extend(table(&head, &rows));
-    let rs = ratios(run, run.mode.pass_ratios(), |k| {
+    let rs = ratios(run.mode.pass_ratios(), |k| {
         p.col(k).map(|c| c.pass_ms.as_slice())
     });
     if !rs.is_empty() {
@@ -175,7 +174,7 @@ fn rounds_block(run: &Run, p: &Point, out: &mut Vec<String>) {
         }),
     ];
     out.extend(table(&head, &rows));
-    let rs = ratios(run, run.mode.round_ratios(), |k| {
+    let rs = ratios(run.mode.round_ratios(), |k| {
         p.round(k).map(|r| r.round_ms.as_slice())
     });
     if !rs.is_empty() {
