@@ -47,7 +47,14 @@ fn help_exits_0_and_lists_the_options() {
         ),
         (
             BENCH,
-            &["--mem-per-vcpu", "--vcpus", "--repeat", "--stride"][..],
+            &[
+                "--mem-per-vcpu",
+                "--vcpus",
+                "--repeat",
+                "--stride",
+                "--as-base",
+                "merge",
+            ][..],
         ),
         (
             STRESS,
@@ -161,6 +168,47 @@ fn lru_gen_bench_mem_not_2m_is_a_usage_error() {
         (BENCH, &["-m", "3M"], &["--mem-per-vcpu", "2M"]),
         (BENCH, &["-m", "64M,1028K"], &["--mem-per-vcpu", "2M"]),
     ]);
+}
+
+/// `merge` takes the series' and the base run's bench.json; the measuring
+/// options do not go with it, and the floor process's subcommand needs
+/// its numbers.
+#[test]
+fn lru_gen_bench_merge_usage() {
+    expect_usage_errors(&[
+        (BENCH, &["merge"], &["SERIES", "BASE"]),
+        (BENCH, &["merge", "a.json"], &["BASE"]),
+        (BENCH, &["merge", "a", "b", "c"], &["'c'"]),
+        (BENCH, &["merge", "a", "b", "-o"], &["--out"]),
+        (BENCH, &["-n", "3", "merge", "a", "b"], &["merge"]),
+        (BENCH, &["merge", "a", "b", "-n", "3"], &["-n"]),
+        (BENCH, &["floor-child", "1x", "2"], &["'1x'"]),
+    ]);
+}
+
+/// A merge of files that are not there fails (exit 1) naming the file,
+/// before writing anything.
+#[test]
+fn lru_gen_bench_merge_of_missing_files_fails() {
+    let dir = std::env::temp_dir().join(format!("bench-merge-{}", std::process::id()));
+    let out = dir.join("out");
+    let r = run(
+        BENCH,
+        &[
+            "merge",
+            "/nonexistent/series.json",
+            "/nonexistent/base.json",
+            "-o",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(r.code, Some(1), "{:?}", r.stderr);
+    assert!(
+        r.stderr.contains("/nonexistent/series.json"),
+        "{:?}",
+        r.stderr
+    );
+    assert!(!out.exists());
 }
 
 #[test]
