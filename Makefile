@@ -9,7 +9,7 @@
 #   make bisect-check   build the kernel at every patch of the series
 #   make variant-check  build mm/vmscan.o and rust/ without CONFIG_MMU_NOTIFIER
 #   make lint           rustfmtcheck + CLIPPY=1 for the kernel crate and modules
-#   make bench          aging benchmark in the VM: 0x8 off/on/floor side by side,
+#   make bench          aging benchmark in the VM: base kernel, 0x8 off/on, floor,
 #                       results and plots in results/ (B="-m 64M -v 2" to narrow)
 #   make stress         the chaos stress test on the debug kernel (KASAN, lockdep,
 #                       kmemleak, ...), 20 min (STRESS="--duration 5m" to change)

@@ -33,7 +33,11 @@ use clap::{Parser, Subcommand};
 use measure::{progress, Plan};
 use mglru_selftest::aging;
 use mglru_selftest::features;
-use mglru_selftest::kvm::MAX_DATA;
+use mglru_selftest::kvm::{MAX_DATA, MAX_DATA_SVM};
+
+/// `--max-total`'s default: guest memory plus an equal floor process in
+/// `make bench`'s 10 GiB test VM.
+const DEFAULT_MAX_TOTAL: usize = 4 << 30;
 use mglru_selftest::memcg::Memcg;
 use mglru_selftest::units::parse_size;
 use model::{Mode, Run};
@@ -94,7 +98,8 @@ pub struct Opts {
           value_parser = clap::value_parser!(u32).range(1..=512))]
     pub stride: u32,
     /// Largest total guest memory to run (points above it are skipped and
-    /// reported); default: what the bench's guest can address.
+    /// reported); default 4 GiB, what `make bench`'s 10 GiB test VM holds
+    /// next to the floor process (the guest addresses up to 16 GiB).
     #[arg(long, value_parser = parse_size)]
     max_total: Option<usize>,
     /// Also measure THP accuracy (every column but the floor) at this
@@ -111,6 +116,12 @@ pub struct Opts {
     /// "off" disables.
     #[arg(long, default_value = "64M", value_parser = parse_size_or_off)]
     nested_point: usize,
+    /// Extra aging passes per VM column with `testmod/lru_gen_probe.ko`
+    /// timing, per PTE table, the notifier calls made under its PTE lock
+    /// (after the timed passes: the probe slows every call); 0 disables.
+    #[arg(long, default_value_t = 3,
+          value_parser = clap::value_parser!(u32).range(0..=100))]
+    pub hold_passes: u32,
     /// Measure only what the base kernel has (columns "base" at 0x7 and the
     /// floor) even on a kernel with 0x8: to try the base mode on the
     /// series' kernel. A merge labels such a column "as-base".
@@ -193,14 +204,21 @@ fn bench(o: &Opts) -> Result<()> {
     {
         usage_error("--mem-per-vcpu sizes must be non-zero multiples of 2M".into());
     }
-    if o.nested_point != 0 && (!o.nested_point.is_multiple_of(2 << 20) || o.nested_point > MAX_DATA)
+    if o.nested_point != 0
+        && (!o.nested_point.is_multiple_of(2 << 20) || o.nested_point > MAX_DATA_SVM)
     {
         usage_error(format!(
-            "--nested-point must be 0/off or a multiple of 2M up to {}M",
+            "--nested-point must be 0/off or a multiple of 2M up to {}M (a nested VM's limit)",
+            MAX_DATA_SVM >> 20
+        ));
+    }
+    if o.max_total.is_some_and(|m| m > MAX_DATA) {
+        usage_error(format!(
+            "--max-total must be at most {}M, what the guest addresses",
             MAX_DATA >> 20
         ));
     }
-    let max_total = o.max_total.unwrap_or(MAX_DATA);
+    let max_total = o.max_total.unwrap_or(DEFAULT_MAX_TOTAL);
     std::fs::create_dir_all(&o.out).with_context(|| format!("creating {}", o.out.display()))?;
     let start = Instant::now();
     let (guard, cg) = aging::enter_sandbox(MEMCG)?;
@@ -231,7 +249,7 @@ fn bench(o: &Opts) -> Result<()> {
                     if o.max_total.is_some() {
                         "--max-total"
                     } else {
-                        "what the bench's guest can address"
+                        "the default --max-total"
                     }
                 );
                 progress(start, &format!("SKIP {why}"));

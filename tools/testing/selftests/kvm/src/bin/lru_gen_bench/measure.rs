@@ -7,13 +7,14 @@
 //! last.
 
 use crate::floor::Floor;
-use crate::model::{key, Column, Mode, Point, Rounds, Stall};
+use crate::model::{key, Column, Hold, Mode, Point, Rounds, Stall};
 use crate::Opts;
 use anyhow::{Context, Result};
 use mglru_selftest::aging;
 use mglru_selftest::features::{self, caps};
 use mglru_selftest::kvm::{Access, Backing, TouchVm, PAGE_SIZE};
 use mglru_selftest::memcg::Memcg;
+use mglru_selftest::probe::{self, Probe};
 use mglru_selftest::timing::timed;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
@@ -123,6 +124,48 @@ fn passes(
         }
     }
     Ok(out)
+}
+
+/// The PTE lock's hold time spent on secondary MMUs, per table: `n`
+/// passes per VM column of `cols` (rotating) with `lru_gen_probe` timing
+/// the notifier calls. Separate from the timed passes: the probe's traps
+/// slow every call, 6.12's per-page ones most.
+fn hold_times(
+    n: u32,
+    cols: &[PassCol],
+    vm: &mut TouchVm,
+    cg: &Memcg,
+    stride: usize,
+    touch: impl Fn(&mut TouchVm, usize, usize) -> Result<()>,
+) -> Result<Vec<(String, Hold)>> {
+    let vm_cols: Vec<(&'static str, u32)> = cols
+        .iter()
+        .filter_map(|c| match *c {
+            PassCol::Vm(k, mask) => Some((k, mask)),
+            PassCol::Floor => None,
+        })
+        .collect();
+    if n == 0 || vm_cols.is_empty() {
+        return Ok(Vec::new());
+    }
+    let count = vm.mem.pages().div_ceil(stride);
+    let probe = Probe::load(probe::Mode::Time)
+        .context("loading lru_gen_probe (--hold-passes 0 to skip)")?;
+    let mut samples: Vec<Vec<probe::Sample>> = vec![Vec::new(); vm_cols.len()];
+    for r in 0..n as usize {
+        for i in rotation(vm_cols.len(), r) {
+            features::set_lru_gen_caps(vm_cols[i].1)?;
+            touch(vm, count, stride)?;
+            probe.clear()?;
+            aging::age_once(cg)?;
+            samples[i].extend(probe.samples()?);
+        }
+    }
+    Ok(vm_cols
+        .iter()
+        .zip(samples)
+        .map(|(&(k, _), s)| (k.to_owned(), Hold::of(&s, n)))
+        .collect())
 }
 
 /// Re-fault rounds accumulating into one column.
@@ -311,6 +354,24 @@ pub fn run_point(
         |vm, count, stride| vm.touch(0, 0, count, stride, Access::Read),
     )?;
     drop(floor);
+    if o.hold_passes > 0 {
+        progress(
+            start,
+            &format!(
+                "{label}: PTE lock hold times, {} x {} with lru_gen_probe",
+                names(&plan.vm),
+                o.hold_passes
+            ),
+        );
+    }
+    pt.hold = hold_times(
+        o.hold_passes,
+        &plan.pass,
+        &mut vm,
+        cg,
+        o.stride as usize,
+        |vm, count, stride| vm.touch(0, 0, count, stride, Access::Read),
+    )?;
     // Leave a CPU of the test VM to the aging thread.
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let nv = (v as usize).min(cpus.saturating_sub(1)).max(1);

@@ -255,6 +255,63 @@ impl Stall {
     }
 }
 
+/// The time aging spent asking secondary MMUs per PTE table (inside the
+/// table's PTE lock), from `lru_gen_probe` samples of one column: the
+/// series' fast-only call, or 6.12's per-page `clear_young()` calls summed.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Hold {
+    /// Passes measured and tables sampled in them.
+    pub passes: u32,
+    pub tables: usize,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub max_us: f64,
+    pub mean_us: f64,
+    /// Notifier calls per table, on average.
+    pub calls_per_table: f64,
+}
+
+impl Hold {
+    pub fn of(s: &[mglru_selftest::probe::Sample], passes: u32) -> Hold {
+        let mut us: Vec<f64> = s.iter().map(|x| x.ns as f64 / 1e3).collect();
+        us.sort_by(f64::total_cmp);
+        let n = us.len().max(1) as f64;
+        Hold {
+            passes,
+            tables: us.len(),
+            p50_us: quantile(&us, 0.5),
+            p99_us: quantile(&us, 0.99),
+            max_us: quantile(&us, 1.0),
+            mean_us: us.iter().sum::<f64>() / n,
+            calls_per_table: s.iter().map(|x| x.calls as f64).sum::<f64>() / n,
+        }
+    }
+
+    fn to_json(&self) -> Value {
+        json!({
+            "passes": self.passes,
+            "tables": self.tables,
+            "p50_us": self.p50_us,
+            "p99_us": self.p99_us,
+            "max_us": self.max_us,
+            "mean_us": self.mean_us,
+            "calls_per_table": self.calls_per_table,
+        })
+    }
+
+    fn from_json(v: &Value) -> Result<Hold> {
+        Ok(Hold {
+            passes: float(v, "passes")? as u32,
+            tables: float(v, "tables")? as usize,
+            p50_us: float(v, "p50_us")?,
+            p99_us: float(v, "p99_us")?,
+            max_us: float(v, "max_us")?,
+            mean_us: float(v, "mean_us")?,
+            calls_per_table: float(v, "calls_per_table")?,
+        })
+    }
+}
+
 /// One column of re-fault rounds.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Rounds {
@@ -303,6 +360,9 @@ pub struct Point {
     pub rounds: Vec<(String, Rounds)>,
     /// THP accuracy columns (empty when not measured).
     pub thp: Vec<(String, Column)>,
+    /// PTE-lock time spent on secondary MMUs per table, per VM column
+    /// (empty when not measured).
+    pub hold: Vec<(String, Hold)>,
 }
 
 fn find<'a, T>(v: &'a [(String, T)], k: &str) -> Option<&'a T> {
@@ -363,6 +423,9 @@ impl Point {
                 self.rounds.iter().map(|(k, r)| (k.clone(), r.to_json())).collect()
             ),
             "thp": cols(&self.thp),
+            "hold": Value::Object(
+                self.hold.iter().map(|(k, h)| (k.clone(), h.to_json())).collect()
+            ),
         })
     }
 
@@ -387,6 +450,17 @@ impl Point {
             pass: ordered(cols("pass")?, &PASS_ORDER),
             rounds: ordered(rounds, &ROUND_ORDER),
             thp: ordered(cols("thp")?, &PASS_ORDER),
+            // Absent in runs from before it was measured.
+            hold: match v.get("hold") {
+                None => Vec::new(),
+                Some(_) => ordered(
+                    obj(v, "hold")?
+                        .iter()
+                        .map(|(k, h)| Ok((k.clone(), Hold::from_json(h).context(k.clone())?)))
+                        .collect::<Result<Vec<_>>>()?,
+                    &PASS_ORDER,
+                ),
+            },
         })
     }
 }
@@ -550,6 +624,8 @@ fn merge_point(s: &Point, b: &Point) -> Point {
     p.rounds = ordered(p.rounds, &ROUND_ORDER);
     p.thp.extend(b.thp.iter().cloned());
     p.thp = ordered(p.thp, &PASS_ORDER);
+    p.hold.extend(b.hold.iter().cloned());
+    p.hold = ordered(p.hold, &PASS_ORDER);
     p
 }
 
@@ -729,8 +805,50 @@ pub mod tests {
                 })
                 .collect(),
             thp: Vec::new(),
+            hold: ordered(
+                pass.iter()
+                    .filter(|k| **k != key::FLOOR)
+                    .map(|k| {
+                        let calls = if *k == key::ON { 1 } else { 512 };
+                        let s: Vec<mglru_selftest::probe::Sample> = (1..=4)
+                            .map(|i| mglru_selftest::probe::Sample {
+                                ns: i * 1000 * calls,
+                                calls: calls as u32,
+                                op: mglru_selftest::probe::Op::Page,
+                            })
+                            .collect();
+                        (k.to_string(), Hold::of(&s, 2))
+                    })
+                    .collect(),
+                &PASS_ORDER,
+            ),
         });
         r
+    }
+
+    #[test]
+    fn hold_summarises_samples_and_survives_json() {
+        let h = Hold::of(
+            &[1000u64, 3000, 2000, 500_000].map(|ns| mglru_selftest::probe::Sample {
+                ns,
+                calls: 2,
+                op: mglru_selftest::probe::Op::Fast,
+            }),
+            3,
+        );
+        assert_eq!((h.tables, h.passes), (4, 3));
+        assert_eq!((h.p50_us, h.max_us, h.calls_per_table), (2.0, 500.0, 2.0));
+        assert_eq!(Hold::from_json(&h.to_json()).unwrap(), h);
+        let r = run(
+            Mode::Series,
+            "6.12.117-mglru-secondary",
+            &["on", "off", "floor"],
+            &["none"],
+            1.0,
+        );
+        let back = Run::from_json(&r.to_json(&[])).unwrap();
+        assert_eq!(back.points[0].hold, r.points[0].hold);
+        assert_eq!(back.points[0].hold.len(), 2);
     }
 
     #[test]

@@ -119,6 +119,36 @@ fn pass_block(run: &Run, p: &Point, out: &mut Vec<String>) {
             }
         }
     }
+    if cols
+        .iter()
+        .any(|(k, _)| p.hold.iter().any(|(hk, _)| hk == k))
+    {
+        let hold = |k: &str| p.hold.iter().find(|(hk, _)| hk == k).map(|(_, h)| h);
+        let mut r1 = vec!["PTE lock on sec. MMUs, per table: p50 / p99 / max (µs)".to_string()];
+        let mut r2 = vec!["  notifier calls per table (tables, passes)".to_string()];
+        for (k, _) in &cols {
+            match hold(k) {
+                Some(h) => {
+                    r1.push(format!(
+                        "{} / {} / {}",
+                        sig(h.p50_us),
+                        sig(h.p99_us),
+                        sig(h.max_us)
+                    ));
+                    r2.push(format!(
+                        "{:.0} ({}, {})",
+                        h.calls_per_table, h.tables, h.passes
+                    ));
+                }
+                None => {
+                    r1.push("-".into());
+                    r2.push("-".into());
+                }
+            }
+        }
+        rows.push(r1);
+        rows.push(r2);
+    }
     out.extend(table(&head, &rows));
     let rs = ratios(run.mode.pass_ratios(), |k| {
         p.col(k).map(|c| c.pass_ms.as_slice())
