@@ -29,6 +29,11 @@ if [ "${BENCH_BUILD:-1}" != 0 ]; then
 	if [ "$skip_base" != 1 ]; then
 		step "kernel (base)" env FLAVOR=base "$TOP/scripts/kernel.sh" build
 	fi
+	# lru_gen_probe (testmod/) times the PTE lock's hold on both kernels.
+	step "modules (series)" "$TOP/scripts/modules.sh"
+	if [ "$skip_base" != 1 ]; then
+		step "modules (base: the C test modules)" env FLAVOR=base "$TOP/scripts/modules.sh"
+	fi
 	step "selftests build" "$TOP/scripts/selftests.sh"
 fi
 bin=$TOP/tools/testing/selftests/target/x86_64-unknown-linux-gnu/release/lru_gen_bench
