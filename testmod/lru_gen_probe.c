@@ -11,7 +11,8 @@
  *	range (one PTE table; the PTE lock disables preemption, so they cannot
  *	interleave with another walk's on that CPU) are summed into one sample.
  *	debugfs lru_gen_probe/hold_ns lists the samples, one per line:
- *	"<ns> <calls> <op>" with op "fast" or "page"; writing "clear" to it
+ *	"<ns> <calls> <op>", op "fast" if the table had a fast-only call (its
+ *	clear_young() fallback is in the same sample), else "page"; "clear" to it
  *	empties the buffer.  lru_gen_probe/stats has the totals.
  * mode=shift: a fault injection for lru_gen_exact_test.  Every fast-only
  *	answer is shifted by one page (the young bit of page i moves to page
@@ -117,8 +118,9 @@ static void account(struct kretprobe_instance *ri, enum op op)
 	/* Return handlers run with preemption disabled; irqs may nest. */
 	a = this_cpu_ptr(&acc);
 	raw_spin_lock_irqsave(&a->lock, flags);
+	/* A table's fast call and its clear_young() fallback are one sample. */
 	if (a->cur.calls &&
-	    (a->mm != c->mm || a->table != table || a->cur.op != op ||
+	    (a->mm != c->mm || a->table != table ||
 	     c->t0 - a->last_ret > GAP_NS)) {
 		push(&a->cur);
 		a->cur.calls = 0;
@@ -128,6 +130,8 @@ static void account(struct kretprobe_instance *ri, enum op op)
 		a->table = table;
 		a->cur.ns = 0;
 		a->cur.op = op;
+	} else if (op == OP_FAST) {
+		a->cur.op = OP_FAST;
 	}
 	a->cur.ns += now - c->t0;
 	a->cur.calls++;
@@ -156,6 +160,9 @@ static int shift_ret(struct kretprobe_instance *ri, struct pt_regs *regs)
 	if (nr < 2 || nr > MAX_BATCH || !PAGE_ALIGNED(c->start))
 		return 0;
 	bitmap_shift_left(c->bitmap, c->bitmap, 1, nr);
+	/* The shift carries page nr - 1 past the batch: drop it there. */
+	if (nr % BITS_PER_LONG)
+		c->bitmap[BIT_WORD(nr)] &= BITMAP_LAST_WORD_MASK(nr);
 	atomic64_inc(&shifted);
 	return 0;
 }
@@ -220,7 +227,7 @@ static int hold_show(struct seq_file *m, void *v)
 static int hold_open(struct inode *inode, struct file *file)
 {
 	/* The output can be large: size the buffer for the whole ring. */
-	return single_open_size(file, hold_show, NULL, NR_SAMPLES * 32);
+	return single_open_size(file, hold_show, NULL, NR_SAMPLES * 40);
 }
 
 static ssize_t hold_write(struct file *file, const char __user *ubuf,
@@ -259,9 +266,11 @@ static int stats_show(struct seq_file *m, void *v)
 	seq_printf(m, "dropped %llu\n", READ_ONCE(dropped));
 	seq_printf(m, "shifted %lld\n", atomic64_read(&shifted));
 	seq_printf(m, "fast_probe %d\n", fast_registered);
-	seq_printf(m, "missed %d %d\n",
+	seq_printf(m, "missed %d %d %lu %lu\n",
 		   fast_registered ? fast_probe.nmissed : 0,
-		   page_registered ? page_probe.nmissed : 0);
+		   page_registered ? page_probe.nmissed : 0,
+		   fast_registered ? fast_probe.kp.nmissed : 0,
+		   page_registered ? page_probe.kp.nmissed : 0);
 	return 0;
 }
 DEFINE_SHOW_ATTRIBUTE(stats);

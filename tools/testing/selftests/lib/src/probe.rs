@@ -125,9 +125,27 @@ impl Probe {
     }
 }
 
+impl Probe {
+    /// Unloads the module, retrying while it is busy (an open debugfs
+    /// file); fails if it stays loaded: an injection left behind would
+    /// change every later test of the boot.
+    pub fn unload(self) -> Result<()> {
+        std::mem::forget(self);
+        for _ in 0..50 {
+            if module::unload(NAME).is_ok() || !module::is_loaded(NAME) {
+                return Ok(());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        bail!("{NAME} is still loaded after 5 s of delete_module")
+    }
+}
+
 impl Drop for Probe {
     fn drop(&mut self) {
-        let _ = module::unload(NAME);
+        if module::unload(NAME).is_err() && module::is_loaded(NAME) {
+            eprintln!("# WARNING: {NAME} could not be unloaded");
+        }
     }
 }
 
