@@ -32,17 +32,7 @@ pub fn decode(entry: u64) -> PageState {
 
 /// States of the `pages` pages starting at `addr` in this process.
 pub fn states(addr: usize, pages: usize) -> Result<Vec<PageState>> {
-    if !(addr as u64).is_multiple_of(PAGE_SIZE) {
-        bail!("pagemap address {addr:#x} not page aligned");
-    }
-    let f = std::fs::File::open("/proc/self/pagemap").context("opening /proc/self/pagemap")?;
-    let mut buf = vec![0u8; pages * 8];
-    f.read_exact_at(&mut buf, addr as u64 / PAGE_SIZE * 8)
-        .context("reading /proc/self/pagemap")?;
-    Ok(buf
-        .chunks_exact(8)
-        .map(|c| decode(u64::from_le_bytes(c.try_into().unwrap())))
-        .collect())
+    Ok(entries(addr, pages)?.into_iter().map(decode).collect())
 }
 
 const PFN_MASK: u64 = (1 << 55) - 1;
