@@ -30,8 +30,8 @@ start=$(date +%s)
 for i in "${!patches[@]}"; do
 	p=${patches[$i]}
 	n=$((i + 1))
-	git am -q "$TOP/patches/$p" || die "patch $n ($p) does not apply"
-	if cp=$(checkpatch "$TOP/patches/$p"); then
+	git am -q "$PATCH_DIR/$p" || die "patch $n ($p) does not apply"
+	if cp=$(checkpatch "$PATCH_DIR/$p"); then
 		errs=$(printf '%s\n' "$cp" | tail -n 1 | cut -d' ' -f1)
 	else
 		printf '%s\n' "$cp" >&2

@@ -47,7 +47,7 @@ cd "$TOP"
 
 # Patch-series hygiene: series and files agree, every patch is signed off.
 out=$(
-	cd patches
+	cd "$PATCH_DIR"
 	for p in *.patch; do
 		[ -e "$p" ] || continue
 		case "$p" in 0000-*) continue ;; esac
@@ -65,7 +65,7 @@ out=$(
 # summary fails too.
 out=$(
 	series_patches | while read -r p; do
-		if ! r=$(checkpatch "$TOP/patches/$p"); then
+		if ! r=$(checkpatch "$PATCH_DIR/$p"); then
 			echo "$p: checkpatch did not run"
 			printf '%s\n' "$r" | sed 's/^/    /'
 			continue

@@ -4,7 +4,6 @@
 . "$(dirname "$0")/lib.sh"
 
 PKGS=(
-	"$KERNEL_PKG=$KERNEL_PKG_VERSION"
 	rustc-web rust-web-src rust-web-clippy rustfmt-web
 	"clang-$LLVM_VER" "lld-$LLVM_VER" "llvm-$LLVM_VER" "libclang-$LLVM_VER-dev"
 	flex bison bc libelf-dev libssl-dev cpio busybox-static kmod xz-utils
@@ -17,6 +16,10 @@ PKGS=(
 	# objdump: the selftest library's unit test disassembles the guest code.
 	binutils
 )
+
+# The base's kernel source: a package from the machine's sources (6.12), or
+# fetched below (7.3).
+[ -n "$KERNEL_APT_SOURCE" ] || PKGS+=("$KERNEL_PKG=$KERNEL_PKG_VERSION")
 
 missing=()
 for p in "${PKGS[@]}"; do
@@ -44,6 +47,25 @@ if [ "${#missing[@]}" -gt 0 ]; then
 	fi
 fi
 
+# A base from another suite: apt-get download with a sources list of its own
+# (see lib.sh), into the cache.  apt verifies the suite's InRelease signature
+# against Debian's archive keyring and the .deb against the signed hashes.
+fetch_kernel_deb() {
+	mkdir -p "$KERNEL_APT_DIR/lists/partial" "$KERNEL_APT_DIR/archives/partial"
+	echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $KERNEL_APT_SOURCE" \
+		>"$KERNEL_APT_DIR/sources.list"
+	local opts
+	mapfile -t opts < <(kernel_apt_opts)
+	apt-get "${opts[@]}" update
+	(cd "$KERNEL_APT_DIR/archives" && apt-get "${opts[@]}" download "$KERNEL_PKG=$KERNEL_PKG_VERSION")
+	dpkg-deb --info "$KERNEL_DEB" >/dev/null
+}
+if [ -n "$KERNEL_APT_SOURCE" ] && [ ! -f "$KERNEL_DEB" ]; then
+	log "fetching $KERNEL_PKG $KERNEL_PKG_VERSION ($KERNEL_APT_SOURCE) into $KERNEL_APT_DIR"
+	run_logged "$MGLRU_CACHE/logs/apt-$BASE.log" fetch_kernel_deb ||
+		die "could not fetch $KERNEL_PKG=$KERNEL_PKG_VERSION (is it still in $KERNEL_APT_SOURCE?)"
+fi
+
 # Derived from what is installed now, i.e. after the install above.
 rust_lib=$(rust_lib_src)
 [ -n "$rust_lib" ] && [ -d "$rust_lib/core" ] ||
@@ -59,4 +81,8 @@ if [ ! -x "$BINDGEN" ]; then
 fi
 
 log "toolchain: $(/usr/bin/rustc --version), $("$BINDGEN" --version), clang $(clang --version | sed -n 's/.*version \([0-9.]*\).*/\1/p;q')"
-log "kernel source: $KERNEL_PKG $(dpkg-query -W -f='${Version}' "$KERNEL_PKG")"
+if [ -n "$KERNEL_APT_SOURCE" ]; then
+	log "kernel source: $KERNEL_DEB"
+else
+	log "kernel source: $KERNEL_PKG $(dpkg-query -W -f='${Version}' "$KERNEL_PKG")"
+fi

@@ -18,7 +18,7 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 if [ "$n" -gt 0 ]; then
 	git format-patch -q --cover-letter --base="$BASE_TAG" -o "$tmp" "$BASE_TAG"..HEAD
-	old=$TOP/patches/0000-cover-letter.patch
+	old=$PATCH_DIR/0000-cover-letter.patch
 	[ -f "$old" ] && python3 - "$old" "$tmp/0000-cover-letter.patch" <<'PY'
 import re, sys
 old, new = (open(p).read() for p in sys.argv[1:])
@@ -32,11 +32,12 @@ new = new.replace('*** BLURB HERE ***', blurb, 1)
 open(sys.argv[2], 'w').write(new)
 PY
 fi
-find "$TOP/patches" -maxdepth 1 -name '*.patch' -delete
+mkdir -p "$PATCH_DIR"
+find "$PATCH_DIR" -maxdepth 1 -name '*.patch' -delete
 {
 	echo "# Patch series for $KERNEL_PKG $KERNEL_PKG_VERSION, applied in order by scripts/kernel.sh."
 	(cd "$tmp" && ls | grep -v '^0000-' || true)
-} >"$TOP/patches/series"
-[ "$n" -eq 0 ] || cp "$tmp"/*.patch "$TOP/patches/"
+} >"$PATCH_DIR/series"
+[ "$n" -eq 0 ] || cp "$tmp"/*.patch "$PATCH_DIR/"
 echo "$(patches_hash) $(git rev-parse HEAD)" >"$STATE"
-log "exported $n patch(es) to patches/ (cover letter + series)"
+log "exported $n patch(es) to patches/$BASE/ (cover letter + series)"

@@ -13,16 +13,23 @@
 
 mapfile -t FRAGMENTS < <(flavor_fragments)
 extract_tree() {
-	local tarball=/usr/src/$KERNEL_PKG.tar.xz
-	local have
-	have=$(dpkg-query -W -f='${Version}' "$KERNEL_PKG" 2>/dev/null || true)
-	[ "$have" = "$KERNEL_PKG_VERSION" ] ||
-		die "$KERNEL_PKG $KERNEL_PKG_VERSION is required (installed: '${have:-none}'); run 'make deps'"
-	[ -f "$tarball" ] || die "$tarball missing; reinstall $KERNEL_PKG"
 	local tmp=$KDIR.extract
 	rm -rf "$tmp"
 	mkdir -p "$tmp"
-	tar -C "$tmp" -xf "$tarball"
+	if [ -n "$KERNEL_APT_SOURCE" ]; then
+		[ -f "$KERNEL_DEB" ] || die "$KERNEL_DEB missing; run 'make deps BASE=$BASE'"
+		# The package holds /usr/src/$KERNEL_PKG.tar.xz: stream it out.
+		dpkg-deb --fsys-tarfile "$KERNEL_DEB" |
+			tar -xO "./usr/src/$KERNEL_PKG.tar.xz" | tar -C "$tmp" -xJ
+	else
+		local tarball=/usr/src/$KERNEL_PKG.tar.xz
+		local have
+		have=$(dpkg-query -W -f='${Version}' "$KERNEL_PKG" 2>/dev/null || true)
+		[ "$have" = "$KERNEL_PKG_VERSION" ] ||
+			die "$KERNEL_PKG $KERNEL_PKG_VERSION is required (installed: '${have:-none}'); run 'make deps'"
+		[ -f "$tarball" ] || die "$tarball missing; reinstall $KERNEL_PKG"
+		tar -C "$tmp" -xf "$tarball"
+	fi
 	local ver
 	ver=$(make -s -C "$tmp/$KERNEL_PKG" kernelversion)
 	[ "$ver" = "$KERNEL_VERSION" ] || die "tarball is $ver, expected $KERNEL_VERSION"
@@ -48,8 +55,8 @@ apply_patches() {
 	git reset -q --hard "$BASE_TAG"
 	local p n=0
 	while read -r p; do
-		[ -f "$TOP/patches/$p" ] || die "patches/series lists $p, which does not exist"
-		if ! git am -q "$TOP/patches/$p"; then
+		[ -f "$PATCH_DIR/$p" ] || die "patches/series lists $p, which does not exist"
+		if ! git am -q "$PATCH_DIR/$p"; then
 			git am --abort || true
 			git reset -q --hard "$BASE_TAG"
 			die "patch $p does not apply to $KERNEL_PKG $KERNEL_PKG_VERSION"

@@ -6,15 +6,38 @@ set -euo pipefail
 
 TOP=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
-# The one kernel this project targets.  Debian's package version is pinned
-# exactly; bump both together.
-KERNEL_PKG=linux-source-6.12
-KERNEL_PKG_VERSION=6.12.117-1~deb12u1
-KERNEL_VERSION=6.12.117
+# The kernels this project targets (BASE=, default 6.12): Debian's package
+# version is pinned exactly, and each base has its own patch series
+# (patches/$BASE/), trees, builds and bindgen.
+#   6.12  linux-source-6.12 from the machine's own apt sources (Debian 13's
+#         LTS kernel, as bookworm's security archive carries it): the default
+#   7.3   linux-source-7.3 from trixie-backports, current mainline as Debian
+#         ships it; fetched with apt's signature checks into $MGLRU_CACHE,
+#         never installed (the machine stays a Debian 12 machine)
+BASE=${BASE:-6.12}
+case "$BASE" in
+6.12)
+	KERNEL_PKG=linux-source-6.12
+	KERNEL_PKG_VERSION=6.12.117-1~deb12u1
+	KERNEL_VERSION=6.12.117
+	KERNEL_APT_SOURCE=
+	BINDGEN_VERSION=0.69.5
+	;;
+7.3)
+	KERNEL_PKG=linux-source-7.3
+	KERNEL_PKG_VERSION=7.3.4-1~bpo13+1
+	KERNEL_VERSION=7.3.4
+	KERNEL_APT_SOURCE="http://deb.debian.org/debian trixie-backports main"
+	# 7.3's scripts/min-tool-version.sh asks for 0.71.1.
+	BINDGEN_VERSION=0.71.1
+	;;
+*) printf 'ERROR: BASE=%s: want 6.12 or 7.3\n' "$BASE" >&2; exit 2 ;;
+esac
+export BASE
+PATCH_DIR=$TOP/patches/$BASE
 
-# Toolchain pins.
+# Toolchain pins (both bases).
 LLVM_VER=19
-BINDGEN_VERSION=0.69.5
 
 # Nothing below may look at what is installed when this file is sourced:
 # deps.sh sources it before it installs the packages (issue 12).  Values that
@@ -36,9 +59,10 @@ MGLRU_CACHE=${MGLRU_CACHE:-/var/cache/mglru-secondary}
 #            run / check / bench
 #   debug    the series, plus configs/debug.config (KASAN, DEBUG_VM,
 #            lockdep, PROVE_RCU, KFENCE, kmemleak, ...): make stress
-#   base     pristine 6.12.117 (no patches), configs/mglru-secondary.config
+#   base     the pristine base kernel (no patches), configs/mglru-secondary.config
 #            + configs/base.config (only the name, -base): make check-base
-# The default tree is a git repository (tag base-6.12.117, branch mglru);
+# The default tree is a git repository (tag base-$KERNEL_VERSION, branch
+# mglru);
 # the others are git worktrees of it, checked out at its HEAD (debug) or at
 # the tag (base).
 FLAVOR=${FLAVOR:-default}
@@ -56,6 +80,22 @@ elif [ -n "${KDIR:-}" ] && [ "$KDIR" != "$MAIN_KDIR-$FLAVOR" ]; then
 else
 	KDIR=$MAIN_KDIR-$FLAVOR
 fi
+
+# Bases whose source is not in the machine's apt sources (KERNEL_APT_SOURCE
+# set) are fetched by deps.sh into $KERNEL_APT_DIR with apt itself: its own
+# sources list limited to that suite, signed-by Debian's archive keyring, so
+# the Release signature and the package's hash are checked exactly as for an
+# install; the .deb is unpacked, never installed.
+KERNEL_APT_DIR=$MGLRU_CACHE/apt-$BASE
+KERNEL_DEB=$KERNEL_APT_DIR/archives/${KERNEL_PKG}_${KERNEL_PKG_VERSION}_all.deb
+
+# apt-get/apt-cache options that confine apt to $KERNEL_APT_DIR.
+kernel_apt_opts() {
+	printf '%s\n' -o "Dir::Etc::SourceList=$KERNEL_APT_DIR/sources.list" \
+		-o Dir::Etc::SourceParts=/dev/null -o "Dir::State::Lists=$KERNEL_APT_DIR/lists" \
+		-o "Dir::Cache=$KERNEL_APT_DIR" -o "Dir::Cache::Archives=$KERNEL_APT_DIR/archives" \
+		-o Debug::NoLocking=1 -o APT::Sandbox::User=root
+}
 
 # Scripts that work on the series' own tree (export, bisect, variants)
 # call this first.
@@ -168,6 +208,7 @@ configure_fragment() {
 # The config fragments of $FLAVOR, in merge order.
 flavor_fragments() {
 	echo "$TOP/configs/mglru-secondary.config"
+	[ ! -f "$TOP/configs/$BASE.config" ] || echo "$TOP/configs/$BASE.config"
 	[ "$FLAVOR" = default ] || echo "$TOP/configs/$FLAVOR.config"
 }
 
@@ -176,8 +217,8 @@ flavor_fragments() {
 # base, which lacks the bindings they need.
 flavor_module_src() {
 	case "$FLAVOR" in
-	default) echo "$TOP" ;;
-	debug | base) echo "$BUILD_DIR/modules-$FLAVOR" ;;
+	default) if [ "$BASE" = 6.12 ]; then echo "$TOP"; else echo "$BUILD_DIR/modules-$BASE-$FLAVOR"; fi ;;
+	debug | base) if [ "$BASE" = 6.12 ]; then echo "$BUILD_DIR/modules-$FLAVOR"; else echo "$BUILD_DIR/modules-$BASE-$FLAVOR"; fi ;;
 	esac
 }
 
@@ -206,13 +247,13 @@ checkpatch() {
 }
 
 series_patches() {
-	[ -f "$TOP/patches/series" ] || return 0
-	grep -v -e '^[[:space:]]*#' -e '^[[:space:]]*$' "$TOP/patches/series"
+	[ -f "$PATCH_DIR/series" ] || return 0
+	grep -v -e '^[[:space:]]*#' -e '^[[:space:]]*$' "$PATCH_DIR/series"
 }
 
 patches_hash() {
-	local files=("$TOP/patches/series")
+	local files=("$PATCH_DIR/series")
 	local p
-	while read -r p; do files+=("$TOP/patches/$p"); done < <(series_patches)
+	while read -r p; do files+=("$PATCH_DIR/$p"); done < <(series_patches)
 	hash_files "${files[@]}"
 }
