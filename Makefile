@@ -3,7 +3,9 @@
 # modules are described by ./Kbuild (kbuild reads Kbuild, not this file).
 #
 #   make run            the main job: set up, build, boot, demo
-#   make check          all tests; ends with "N passed, N failed, N skipped"
+#   make check          all tests on one base; ends with "N passed, N failed,
+#                       N skipped"
+#   make check-all      make check on 6.12, then on 7.3 (CI), summed
 #   make check T=NAME   host tests + only the named VM selftest(s)
 #   make vm-run -- CMD  run CMD as root in the test VM (or CMD="...")
 #   make bisect-check   build the kernel at every patch of the series
@@ -13,9 +15,11 @@
 #                       results and plots in results/ (B="-m 64M -v 2" to narrow)
 #   make stress         the chaos stress test on the debug kernel (KASAN, lockdep,
 #                       kmemleak, ...), 20 min (STRESS="--duration 5m" to change)
-#   make check-base     unpatched 6.12.117 vs the series with 0x8 clear: same pages
+#   make check-base     the pristine base kernel vs the series with 0x8 clear: same pages
 #                       promoted; new interfaces absent on base
 #
+# BASE=6.12|7.3 picks the base kernel and its series (patches/$BASE/;
+# default 6.12), for every target: make check BASE=7.3, make bench BASE=7.3.
 # FLAVOR=default|debug|base picks the kernel (own tree and build each, shared
 # ccache): make kernel FLAVOR=debug, make vm-run FLAVOR=base -- CMD.
 #   make deps | kernel | modules | selftests | kernel-tree | export-patches
@@ -23,7 +27,7 @@
 
 SHELL := /bin/bash
 S := $(CURDIR)/scripts
-export FLAVOR
+export FLAVOR BASE
 
 # make vm-run -- CMD ARGS: everything after vm-run is the command.
 ifeq (vm-run,$(firstword $(MAKECMDGOALS)))
@@ -33,7 +37,7 @@ $(eval $(VM_ARGS):;@:)
 endif
 endif
 
-.PHONY: all run check check-base stress bench bisect-check variant-check lint deps kernel kernel-tree export-patches modules selftests vm-run clean
+.PHONY: all run check check-all check-base stress bench bisect-check variant-check lint deps kernel kernel-tree export-patches modules selftests vm-run clean
 
 all: run
 
@@ -42,6 +46,9 @@ run:
 
 check:
 	@$(S)/check.sh $(T)
+
+check-all:
+	@$(S)/check-all.sh $(T)
 
 deps:
 	@$(S)/deps.sh

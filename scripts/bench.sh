@@ -14,7 +14,8 @@
 #   BENCH_VM_MEM       test VM memory (default 10G, see below)
 #   BENCH_VM_SMP       test VM vCPUs (default 4)
 #   BENCH_TIMEOUT      per boot, seconds (default 7200)
-#   BENCH_OUT          results directory (default results/), e.g. for a
+#   BENCH_OUT          results directory (default results/, results/7.3/
+#                      with BASE=7.3), e.g. for a
 #                      subset that must not replace the grid's results
 # Results: results/bench.json (merged, every sample), results/bench.md (the
 # tables), results/bench-*.dat and results/bench-*.png; each kernel's own
@@ -40,7 +41,7 @@ if [ "${BENCH_BUILD:-1}" != 0 ]; then
 fi
 bin=$TOP/tools/testing/selftests/target/x86_64-unknown-linux-gnu/release/lru_gen_bench
 [ -x "$bin" ] || die "no $bin: run scripts/selftests.sh (or drop BENCH_BUILD=0)"
-out=${BENCH_OUT:-$TOP/results}
+out=${BENCH_OUT:-$(results_dir)}
 mkdir -p "$out"
 # Memory: the VM and the floor process (a plain process of the same size)
 # are alive at once, so the test VM needs the largest point's guest memory

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: GPL-2.0
-# make check-base: "with 0x8 clear, aging is unpatched 6.12", checked.
+# make check-base [BASE=7.3]: "with 0x8 clear, aging is the unpatched base
+# kernel's", checked.
 #
-#  1. builds the base flavour (pristine 6.12.117: the tag's tree, clean,
+#  1. builds the base flavour (pristine 6.12.117 or 7.3.4: the tag's tree, clean,
 #     with configs/mglru-secondary.config + configs/base.config, which only
 #     renames it "-base") and the default one (the series);
 #  2. boots base and runs every selftest there: what needs the series
@@ -12,18 +13,18 @@
 #     pass; lru_gen_exact_test writes base's page-exact promotion maps;
 #  3. boots the series and runs lru_gen_exact_test --compare on base's maps:
 #     with 0x8 clear (and set) the same pages must be promoted, page by page.
-# Output in results/check-base/; ends with "check-base: PASS" or FAIL.
+# Output in results/check-base/ (6.12) or results/7.3/check-base/; ends with "check-base: PASS" or FAIL.
 # lib.sh sets -o pipefail: "vm-run ... | tee" fails when vm-run does.
 . "$(dirname "$0")/lib.sh"
 
-out=$TOP/results/check-base
+out=$(results_dir)/check-base
 bin=$TOP/tools/testing/selftests/target/x86_64-unknown-linux-gnu/release
 
 # The cases base must skip, as test:case (test: the whole program skipped
 # with a "1..0 # SKIP" plan), from results/check-base/base.ktap as committed:
 # everything that needs the series' interfaces.
 # A case skipping on base that is not here (a set-up error turned into a
-# skip, a test that no longer runs on 6.12) fails check-base, and so does one
+# skip, a test that no longer runs on the base) fails check-base, and so does one
 # listed here that did not skip.  Change it with the tests.
 EXPECTED_BASE_SKIPS="
 mglru_smoke_test:rust_oot_module_load_unload

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: GPL-2.0
-# The project's test command (make check): builds what is needed, runs the
+# The project's test command for one base (make check [BASE=7.3]; make
+# check-all runs both): builds what is needed, runs the
 # host-side tests, then the selftests in the test VM, and ends with
 # "N passed, N failed, N skipped".  Exit status: 0 only if nothing failed.
 #
@@ -95,10 +96,12 @@ esac
 # The out-of-tree Rust modules: rustfmt with the kernel's config, and a
 # CLIPPY=1 build (same toolchain as the kernel). The kernel crate's own
 # clippy run is in `make lint` (it rebuilds the crate).
+# They build in $(flavor_module_src): the clone for 6.12, a copy for 7.3.
+msrc=$(flavor_module_src)
 out=$(/usr/bin/rustfmt --check --edition 2021 --config-path "$KDIR/.rustfmt.toml" \
 	"$TOP"/rust/*.rs 2>&1) && result rustfmt_modules ok || result rustfmt_modules fail "$out"
-touch "$TOP"/rust/*.rs
-out=$(kmake CLIPPY=1 M="$TOP" modules 2>&1) && ! printf '%s\n' "$out" | grep -qE '^(warning|error)' &&
+touch "$msrc"/rust/*.rs
+out=$(kmake CLIPPY=1 M="$msrc" modules 2>&1) && ! printf '%s\n' "$out" | grep -qE '^(warning|error)' &&
 	result clippy_modules ok || result clippy_modules fail "$(printf '%s\n' "$out" | grep -E -A8 '^(warning|error)' | head -n 60)"
 
 # Compile-fail checks of the Rust abstractions (rust/compile_fail/): what

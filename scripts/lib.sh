@@ -97,6 +97,12 @@ kernel_apt_opts() {
 		-o Debug::NoLocking=1 -o APT::Sandbox::User=root
 }
 
+# Where a base's committed results go: results/ for 6.12 (as before the
+# second base), results/7.3/ for 7.3.
+results_dir() {
+	if [ "$BASE" = 6.12 ]; then echo "$TOP/results"; else echo "$TOP/results/$BASE"; fi
+}
+
 # Scripts that work on the series' own tree (export, bisect, variants)
 # call this first.
 need_default_flavor() {
