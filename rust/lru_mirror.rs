@@ -42,9 +42,13 @@
 //! 64-bit only: addresses and lengths are handled as `usize`.
 
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+#[cfg(mglru_upstream_api)]
+use kernel::transmute::{AsBytes, FromBytes};
+#[cfg(not(mglru_upstream_api))]
+use kernel::types::{AsBytes, FromBytes};
 use kernel::{
     alloc::KVVec,
-    bindings, c_str,
+    bindings,
     miscdevice::{MiscDevice, MiscDeviceRegistration},
     mm::mmu_notifier::{InvalidateRange, MmuNotifierOps, Registration, WouldBlock, YoungBatch},
     new_condvar, new_mutex, new_spinlock,
@@ -58,10 +62,21 @@ use kernel::{
 // The uapi is in u64 and ranges are handled as usize.
 const _: () = assert!(usize::BITS == 64, "lru_mirror supports 64-bit kernels only");
 
+// 7.x's `module!` takes `authors`, 6.12's `author`.
+#[cfg(not(mglru_upstream_api))]
 module! {
     type: LruMirrorModule,
     name: "lru_mirror",
     author: "mglru-secondary developers",
+    description: "Software secondary MMU that exercises fast-only page aging",
+    license: "GPL",
+}
+
+#[cfg(mglru_upstream_api)]
+module! {
+    type: LruMirrorModule,
+    name: "lru_mirror",
+    authors: ["mglru-secondary developers"],
     description: "Software secondary MMU that exercises fast-only page aging",
     license: "GPL",
 }
@@ -164,11 +179,11 @@ pub mod uapi {
 }
 
 // SAFETY: plain integers; every bit pattern is valid.
-unsafe impl kernel::types::FromBytes for uapi::MirrorArgs {}
+unsafe impl FromBytes for uapi::MirrorArgs {}
 // SAFETY: as above.
-unsafe impl kernel::types::FromBytes for uapi::AccessArgs {}
+unsafe impl FromBytes for uapi::AccessArgs {}
 // SAFETY: plain integers without padding.
-unsafe impl kernel::types::AsBytes for uapi::Stats {}
+unsafe impl AsBytes for uapi::Stats {}
 
 /// Highest user address on x86-64 with 5-level paging.
 const USER_END: u64 = 1 << 56;
@@ -401,7 +416,7 @@ impl MirrorState {
     fn slow_young(&self, start: usize, end: usize) -> bool {
         let young = self.young(start, end, true);
         inc(&self.shared.slow_calls, 1);
-        inc(&self.shared.slow_young, young as u64);
+        inc(&self.shared.slow_young, u64::from(young));
         young
     }
 
@@ -440,6 +455,8 @@ macro_rules! mirror_ops {
     ($ty:ty { $($extra:tt)* }) => {
         #[vtable]
         impl MmuNotifierOps for $ty {
+            // With the upstream API, `#[vtable]` names this module (`OwnerModule`).
+            #[cfg(not(mglru_upstream_api))]
             const OWNER: &'static ThisModule = &THIS_MODULE;
 
             fn release(&self) {
@@ -582,7 +599,7 @@ fn fault_in(start: usize, npages: usize) -> Result {
         // SAFETY: `pages` has room for `want` entries; the address range is user memory of the
         // current task (pin_user_pages_fast() checks it and fails for anything else).
         let got =
-            unsafe { bindings::pin_user_pages_fast(addr as _, want as i32, 0, pages.as_mut_ptr()) };
+            unsafe { bindings::pin_user_pages_fast(addr, want as i32, 0, pages.as_mut_ptr()) };
         if got < 0 {
             return Err(Error::from_errno(got));
         }
@@ -590,7 +607,7 @@ fn fault_in(start: usize, npages: usize) -> Result {
             return Err(EFAULT);
         }
         // SAFETY: the first `got` entries were filled with pinned pages by the call above.
-        unsafe { bindings::unpin_user_pages(pages.as_mut_ptr(), got as _) };
+        unsafe { bindings::unpin_user_pages(pages.as_mut_ptr(), got as usize) };
         done += got as usize;
     }
     Ok(())
@@ -660,7 +677,7 @@ impl Session {
             let r = st.pages[i].fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
                 (v & MAPPED != 0).then_some(v | ACCESSED)
             });
-            n += r.is_ok() as u64;
+            n += u64::from(r.is_ok());
         }
         inc(&self.shared.accessed_pages, n);
         Ok(n as isize)
@@ -712,12 +729,9 @@ impl Session {
 
 struct LruMirror;
 
-#[vtable]
-impl MiscDevice for LruMirror {
-    type Ptr = Pin<KBox<Session>>;
-    const OWNER: &'static ThisModule = &THIS_MODULE;
-
-    fn open() -> Result<Pin<KBox<Session>>> {
+impl LruMirror {
+    /// A new open file.
+    fn open_session() -> Result<Pin<KBox<Session>>> {
         let shared = Arc::new(Shared::default(), GFP_KERNEL_ACCOUNT)?;
         KBox::pin_init(
             pin_init!(Session {
@@ -728,31 +742,82 @@ impl MiscDevice for LruMirror {
         )
     }
 
-    fn ioctl(session: Pin<&Session>, cmd: u32, arg: usize) -> Result<isize> {
+    fn ioctl_session(session: Pin<&Session>, cmd: u32, arg: usize) -> Result<isize> {
         match cmd {
             uapi::MIRROR => {
                 let size = core::mem::size_of::<uapi::MirrorArgs>();
-                let args = UserSlice::new(arg, size).reader().read()?;
+                let args = user_slice(arg, size).reader().read()?;
                 session.mirror(args)
             }
             uapi::UNMIRROR => session.unmirror(),
             uapi::ACCESS => {
                 let size = core::mem::size_of::<uapi::AccessArgs>();
-                let args = UserSlice::new(arg, size).reader().read()?;
+                let args = user_slice(arg, size).reader().read()?;
                 session.access(args)
             }
             uapi::CONFIG => {
-                let flags = UserSlice::new(arg, 8).reader().read::<u64>()?;
+                let flags = user_slice(arg, 8).reader().read::<u64>()?;
                 session.config(flags)
             }
             uapi::STATS => {
                 let stats = session.stats();
                 let size = core::mem::size_of::<uapi::Stats>();
-                UserSlice::new(arg, size).writer().write(&stats)?;
+                user_slice(arg, size).writer().write(&stats)?;
                 Ok(0)
             }
             _ => Err(ENOTTY),
         }
+    }
+}
+
+/// The user memory of an ioctl's argument `arg`, `len` bytes.
+fn user_slice(arg: usize, len: usize) -> UserSlice {
+    #[cfg(mglru_upstream_api)]
+    let arg = kernel::uaccess::UserPtr::from_addr(arg);
+    UserSlice::new(arg, len)
+}
+
+/// The series' own misc device abstraction (6.12): it refuses opens until the module is live.
+#[cfg(not(mglru_upstream_api))]
+#[vtable]
+impl MiscDevice for LruMirror {
+    type Ptr = Pin<KBox<Session>>;
+    const OWNER: &'static ThisModule = &THIS_MODULE;
+
+    fn open() -> Result<Pin<KBox<Session>>> {
+        Self::open_session()
+    }
+
+    fn ioctl(session: Pin<&Session>, cmd: u32, arg: usize) -> Result<isize> {
+        Self::ioctl_session(session, cmd, arg)
+    }
+}
+
+/// Upstream's misc device abstraction: `#[vtable]` names this module as the file operations'
+/// owner, but opening is not refused while the init runs, so `open` does that itself (ENODEV, as
+/// with the series' own abstraction).
+#[cfg(mglru_upstream_api)]
+#[vtable]
+impl MiscDevice for LruMirror {
+    type Ptr = Pin<KBox<Session>>;
+
+    fn open(
+        _file: &kernel::fs::File,
+        _misc: &MiscDeviceRegistration<Self>,
+    ) -> Result<Pin<KBox<Session>>> {
+        if !kernel::module::this_module::<LruMirrorModule>().is_live() {
+            return Err(ENODEV);
+        }
+        Self::open_session()
+    }
+
+    fn ioctl(
+        session: Pin<&Session>,
+        _file: &kernel::fs::File,
+        cmd: u32,
+        arg: usize,
+    ) -> Result<isize> {
+        Self::ioctl_session(session, cmd, arg)
     }
 }
 
@@ -762,10 +827,15 @@ struct LruMirrorModule {
 
 impl kernel::Module for LruMirrorModule {
     fn init(_module: &'static ThisModule) -> Result<Self> {
-        let dev = KBox::pin_init(
-            MiscDeviceRegistration::register(c_str!("lru_mirror"), 0o600),
-            GFP_KERNEL,
-        )?;
+        // Mode 0600: set explicitly with the series' abstraction; upstream's has no mode option,
+        // and a misc device without one gets 0600 from devtmpfs.
+        #[cfg(not(mglru_upstream_api))]
+        let dev = MiscDeviceRegistration::register(kernel::c_str!("lru_mirror"), 0o600);
+        #[cfg(mglru_upstream_api)]
+        let dev = MiscDeviceRegistration::register(kernel::miscdevice::MiscDeviceOptions {
+            name: c"lru_mirror",
+        });
+        let dev = KBox::pin_init(dev, GFP_KERNEL)?;
         pr_info!("/dev/lru_mirror ready\n");
         Ok(Self { _dev: dev })
     }

@@ -7,10 +7,21 @@
 
 use kernel::prelude::*;
 
+// 7.x's `module!` takes `authors`, 6.12's `author`.
+#[cfg(not(mglru_upstream_api))]
 module! {
     type: MglruSmoke,
     name: "mglru_smoke",
     author: "mglru-secondary developers",
+    description: "Rust out-of-tree module smoke test",
+    license: "GPL",
+}
+
+#[cfg(mglru_upstream_api)]
+module! {
+    type: MglruSmoke,
+    name: "mglru_smoke",
+    authors: ["mglru-secondary developers"],
     description: "Rust out-of-tree module smoke test",
     license: "GPL",
 }

@@ -14,11 +14,14 @@
 //! The abstractions refuse both until the module is live (`ENODEV`), which `lru_mirror_test`
 //! checks: the init fails with `ECANCELED` if both were refused, with `ENOTRECOVERABLE` if the
 //! registration was leaked, with `EOWNERDEAD` if a file was opened, and with the registration's
-//! error otherwise; and the loading process must exit cleanly.
+//! error otherwise; and the loading process must exit cleanly. (Upstream's misc device
+//! abstraction, on 7.x, does not refuse opens while the init runs: there the device's `open`
+//! refuses them itself, as `lru_mirror`'s does, so the check covers the MMU notifier abstraction
+//! and the module's own `open`.)
 
 use core::sync::atomic::{AtomicBool, Ordering};
 use kernel::{
-    bindings, c_str,
+    bindings,
     miscdevice::{MiscDevice, MiscDeviceRegistration},
     mm::mmu_notifier::{MmuNotifierOps, Registration},
     new_condvar, new_mutex,
@@ -27,10 +30,21 @@ use kernel::{
     time::msecs_to_jiffies,
 };
 
+// 7.x's `module!` takes `authors`, 6.12's `author`.
+#[cfg(not(mglru_upstream_api))]
 module! {
     type: InitLeak,
     name: "mmu_notifier_init_leak",
     author: "mglru-secondary developers",
+    description: "Leaks an MMU notifier registration and opens a file from a failing init (a test)",
+    license: "GPL",
+}
+
+#[cfg(mglru_upstream_api)]
+module! {
+    type: InitLeak,
+    name: "mmu_notifier_init_leak",
+    authors: ["mglru-secondary developers"],
     description: "Leaks an MMU notifier registration and opens a file from a failing init (a test)",
     license: "GPL",
 }
@@ -43,6 +57,8 @@ struct Leaked;
 
 #[vtable]
 impl MmuNotifierOps for Leaked {
+    // With the upstream API, `#[vtable]` names this module (`OwnerModule`).
+    #[cfg(not(mglru_upstream_api))]
     const OWNER: &'static ThisModule = &THIS_MODULE;
 
     fn release(&self) {
@@ -56,15 +72,38 @@ static OPENED: AtomicBool = AtomicBool::new(false);
 /// A misc device whose file operations live in this module's memory.
 struct Probe;
 
+impl Probe {
+    fn opened() -> Result {
+        OPENED.store(true, Ordering::Relaxed);
+        pr_err!("a file was opened while the init runs\n");
+        Ok(())
+    }
+}
+
+/// The series' own misc device abstraction (6.12) refuses opens until the module is live.
+#[cfg(not(mglru_upstream_api))]
 #[vtable]
 impl MiscDevice for Probe {
     type Ptr = ();
     const OWNER: &'static ThisModule = &THIS_MODULE;
 
     fn open() -> Result {
-        OPENED.store(true, Ordering::Relaxed);
-        pr_err!("a file was opened while the init runs\n");
-        Ok(())
+        Self::opened()
+    }
+}
+
+/// Upstream's does not: `open` refuses them itself (a file opened by a failing init would be
+/// released in freed memory).
+#[cfg(mglru_upstream_api)]
+#[vtable]
+impl MiscDevice for Probe {
+    type Ptr = ();
+
+    fn open(_file: &kernel::fs::File, _misc: &MiscDeviceRegistration<Self>) -> Result {
+        if !kernel::module::this_module::<InitLeak>().is_live() {
+            return Err(ENODEV);
+        }
+        Self::opened()
     }
 }
 
@@ -116,10 +155,18 @@ impl kernel::Module for InitLeak {
             }
             Err(e) => return Err(e),
         }
-        let dev = KBox::pin_init(
-            MiscDeviceRegistration::<Probe>::register(c_str!("mmu_notifier_init_leak"), 0o600),
-            GFP_KERNEL,
-        )?;
+        #[cfg(not(mglru_upstream_api))]
+        let dev = MiscDeviceRegistration::<Probe>::register(
+            kernel::c_str!("mmu_notifier_init_leak"),
+            0o600,
+        );
+        // Upstream's has no mode option: devtmpfs gives the node 0600.
+        #[cfg(mglru_upstream_api)]
+        let dev =
+            MiscDeviceRegistration::<Probe>::register(kernel::miscdevice::MiscDeviceOptions {
+                name: c"mmu_notifier_init_leak",
+            });
+        let dev = KBox::pin_init(dev, GFP_KERNEL)?;
         let slept = sleep_ms(OPEN_WINDOW_MS);
         // Waits for a running open (`misc_mtx`); files that were opened stay open.
         drop(dev);

@@ -19,12 +19,27 @@ unsafe impl Sync for ThreadBound {}
 
 struct Dev;
 
+#[cfg(not(mglru_upstream_api))]
 #[vtable]
 impl MiscDevice for Dev {
     type Ptr = KBox<ThreadBound>;
     const OWNER: &'static ThisModule = &THIS_MODULE;
 
     fn open() -> Result<KBox<ThreadBound>> {
+        Ok(KBox::new(ThreadBound(PhantomData), GFP_KERNEL)?)
+    }
+}
+
+/// The same with upstream's misc device abstraction (7.x), whose `Ptr` is `Send + Sync` too.
+#[cfg(mglru_upstream_api)]
+#[vtable]
+impl MiscDevice for Dev {
+    type Ptr = KBox<ThreadBound>;
+
+    fn open(
+        _file: &kernel::fs::File,
+        _misc: &kernel::miscdevice::MiscDeviceRegistration<Self>,
+    ) -> Result<KBox<ThreadBound>> {
         Ok(KBox::new(ThreadBound(PhantomData), GFP_KERNEL)?)
     }
 }

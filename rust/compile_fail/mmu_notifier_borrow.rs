@@ -14,6 +14,7 @@ struct Borrowing<'a>(&'a u64);
 
 #[vtable]
 impl<'a> MmuNotifierOps for Borrowing<'a> {
+    #[cfg(not(mglru_upstream_api))]
     const OWNER: &'static ThisModule = &THIS_MODULE;
 
     fn invalidate_range_start<'r>(

@@ -15,6 +15,7 @@ struct FastOnly;
 
 #[vtable]
 impl MmuNotifierOps for FastOnly {
+    #[cfg(not(mglru_upstream_api))]
     const OWNER: &'static ThisModule = &THIS_MODULE;
 
     fn test_clear_young_fast_only(&self, batch: &mut YoungBatch<'_>) {

@@ -14,6 +14,7 @@ struct Owning(u64);
 
 #[vtable]
 impl MmuNotifierOps for Owning {
+    #[cfg(not(mglru_upstream_api))]
     const OWNER: &'static ThisModule = &THIS_MODULE;
 
     fn invalidate_range_start<'r>(

@@ -20,6 +20,7 @@ struct Keeper {
 
 #[vtable]
 impl MmuNotifierOps for Keeper {
+    #[cfg(not(mglru_upstream_api))]
     const OWNER: &'static ThisModule = &THIS_MODULE;
 
     fn clear_young(&self, _start: usize, _end: usize) -> bool {

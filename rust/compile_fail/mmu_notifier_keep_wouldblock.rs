@@ -19,6 +19,7 @@ struct Keeper {
 
 #[vtable]
 impl MmuNotifierOps for Keeper {
+    #[cfg(not(mglru_upstream_api))]
     const OWNER: &'static ThisModule = &THIS_MODULE;
 
     fn invalidate_range_start<'r>(

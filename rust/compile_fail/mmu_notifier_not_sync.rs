@@ -15,6 +15,7 @@ struct Counting(Cell<u64>);
 
 #[vtable]
 impl MmuNotifierOps for Counting {
+    #[cfg(not(mglru_upstream_api))]
     const OWNER: &'static ThisModule = &THIS_MODULE;
 
     fn clear_young(&self, _start: usize, _end: usize) -> bool {

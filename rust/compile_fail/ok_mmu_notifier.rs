@@ -37,6 +37,7 @@ struct Owning {
 
 #[vtable]
 impl MmuNotifierOps for Owning {
+    #[cfg(not(mglru_upstream_api))]
     const OWNER: &'static ThisModule = &THIS_MODULE;
 
     fn invalidate_range_start<'r>(
@@ -81,6 +82,18 @@ impl kernel::Module for M {
             last <- new_spinlock!(Last::default()),
         }? Error);
         let _ = KBox::pin_init(Registration::new_for_current(data), GFP_KERNEL);
+        // With the upstream API (7.x): registering on a given `MmWithUser`; the registration
+        // keeps an `ARef<Mm>` of it.
+        #[cfg(mglru_upstream_api)]
+        if let Some(mm) = current!().mm() {
+            let data = try_pin_init!(Owning {
+                id: 1,
+                last <- new_spinlock!(Last::default()),
+            }? Error);
+            if let Ok(reg) = KBox::pin_init(Registration::new(mm, data), GFP_KERNEL) {
+                let _: &kernel::mm::Mm = reg.mm();
+            }
+        }
         Ok(M)
     }
 }
