@@ -794,8 +794,18 @@ impl MiscDevice for LruMirror {
 }
 
 /// Upstream's misc device abstraction: `#[vtable]` names this module as the file operations'
-/// owner, but opening is not refused while the init runs, so `open` does that itself (ENODEV, as
-/// with the series' own abstraction).
+/// owner, and opening is not refused while the init runs.
+///
+/// What makes that sound here is the init: nothing after registering the device can fail, so
+/// once a file can be opened the init succeeds and the module stays for as long as the file holds
+/// its reference. That is the rule (a module whose init fails is freed whatever its references):
+/// no fallible step after registering the device. Refusing opens in `open` would not be enough
+/// after a failing step: a refused open still puts its module reference (`fops_put()` in
+/// `do_dentry_open()`, reading `owner` from the module's memory) after `misc_mtx` is released,
+/// while a failing init may deregister the device, return and have the module freed.
+///
+/// `open` still refuses opens until the init is done (`ENODEV`, as the series' own abstraction
+/// on 6.12 does), so that both bases behave the same; the check is harmless, not required.
 #[cfg(mglru_upstream_api)]
 #[vtable]
 impl MiscDevice for LruMirror {
@@ -805,7 +815,7 @@ impl MiscDevice for LruMirror {
         _file: &kernel::fs::File,
         _misc: &MiscDeviceRegistration<Self>,
     ) -> Result<Pin<KBox<Session>>> {
-        if !kernel::module::this_module::<LruMirrorModule>().is_live() {
+        if !kernel::module::this_module::<LruMirrorModule>().init_done() {
             return Err(ENODEV);
         }
         Self::open_session()
@@ -835,6 +845,7 @@ impl kernel::Module for LruMirrorModule {
         let dev = MiscDeviceRegistration::register(kernel::miscdevice::MiscDeviceOptions {
             name: c"lru_mirror",
         });
+        // The last fallible step: nothing after registering the device may fail (see `open`).
         let dev = KBox::pin_init(dev, GFP_KERNEL)?;
         pr_info!("/dev/lru_mirror ready\n");
         Ok(Self { _dev: dev })
