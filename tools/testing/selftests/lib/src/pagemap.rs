@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0
-//! `/proc/self/pagemap`: which pages of a range are present or swapped out.
+//! `/proc/self/pagemap`: which pages of a range are present or swapped out,
+//! and (with `/proc/kpageflags`) their folios' flags.
 
 use anyhow::{bail, Context, Result};
 use std::os::unix::fs::FileExt;
@@ -38,6 +39,7 @@ pub fn states(addr: usize, pages: usize) -> Result<Vec<PageState>> {
 const PFN_MASK: u64 = (1 << 55) - 1;
 const KPF_COMPOUND_HEAD: u64 = 1 << 15;
 const KPF_COMPOUND_TAIL: u64 = 1 << 16;
+const KPF_LRU: u64 = 1 << 5;
 
 /// Raw pagemap entries of the `pages` pages at `addr` (PFNs need root).
 fn entries(addr: usize, pages: usize) -> Result<Vec<u64>> {
@@ -87,6 +89,65 @@ pub fn is_one_folio(addr: usize, n: usize) -> Result<bool> {
     Ok(folio_flags_match(&flags, n))
 }
 
+/// Indices of the `pages` pages at `addr` that are not on an LRU list: not
+/// present, or present with `KPF_LRU` clear in `/proc/kpageflags` (e.g. a
+/// folio still waiting in a CPU's LRU batch, see
+/// [`crate::sys::drain_lru_batches`], or isolated). Needs root.
+///
+/// It reads through a small buffer on the stack: memory it faulted in would
+/// go through this CPU's LRU batch and push the folios waiting there onto
+/// the lists, hiding what it looks for.
+pub fn off_lru(addr: usize, pages: usize) -> Result<Vec<usize>> {
+    const CHUNK: usize = 256;
+    if !(addr as u64).is_multiple_of(PAGE_SIZE) {
+        bail!("pagemap address {addr:#x} not page aligned");
+    }
+    let pm = std::fs::File::open("/proc/self/pagemap").context("opening /proc/self/pagemap")?;
+    let kf = std::fs::File::open("/proc/kpageflags").context("opening /proc/kpageflags")?;
+    let mut buf = [0u8; CHUNK * 8];
+    let mut off = Vec::new();
+    for first in (0..pages).step_by(CHUNK) {
+        let n = (pages - first).min(CHUNK);
+        let chunk = &mut buf[..n * 8];
+        pm.read_exact_at(chunk, (addr as u64 / PAGE_SIZE + first as u64) * 8)
+            .context("reading /proc/self/pagemap")?;
+        for (i, c) in chunk.chunks_exact(8).enumerate() {
+            let entry = u64::from_le_bytes(c.try_into().unwrap());
+            let flags = match pfn_of(entry)? {
+                Some(pfn) => {
+                    let mut f = [0u8; 8];
+                    kf.read_exact_at(&mut f, pfn * 8)
+                        .context("reading /proc/kpageflags")?;
+                    u64::from_le_bytes(f)
+                }
+                None => 0,
+            };
+            if !on_lru(entry, flags) {
+                off.push(first + i);
+            }
+        }
+    }
+    Ok(off)
+}
+
+/// The PFN of a pagemap entry, `None` if the page is not present; an error
+/// if it is present but the PFN is hidden (reading PFNs needs root).
+fn pfn_of(entry: u64) -> Result<Option<u64>> {
+    if entry & PRESENT == 0 {
+        return Ok(None);
+    }
+    match entry & PFN_MASK {
+        0 => bail!("pagemap shows no PFNs: reading them needs CAP_SYS_ADMIN"),
+        pfn => Ok(Some(pfn)),
+    }
+}
+
+/// Whether a page with pagemap entry `entry` and kpageflags `flags` is on an
+/// LRU list.
+fn on_lru(entry: u64, flags: u64) -> bool {
+    entry & PRESENT != 0 && flags & KPF_LRU != 0
+}
+
 /// `flags` are the kpageflags of `n + 1` consecutive PFNs: one folio of
 /// exactly `n` pages starts at the first.
 fn folio_flags_match(flags: &[u64], n: usize) -> bool {
@@ -106,6 +167,18 @@ mod tests {
         assert_eq!(decode(SWAPPED | 0x55), PageState::Swapped);
         assert_eq!(decode(0), PageState::None);
         assert_eq!(decode(1 << 61), PageState::None);
+    }
+
+    #[test]
+    fn lru_membership() {
+        assert!(on_lru(PRESENT | 0x1234, KPF_LRU));
+        assert!(on_lru(PRESENT | 0x1234, KPF_LRU | KPF_COMPOUND_HEAD));
+        assert!(!on_lru(PRESENT | 0x1234, KPF_COMPOUND_HEAD));
+        assert!(!on_lru(SWAPPED | 0x55, KPF_LRU));
+        assert!(!on_lru(0, KPF_LRU));
+        assert_eq!(pfn_of(PRESENT | 0x1234).unwrap(), Some(0x1234));
+        assert_eq!(pfn_of(SWAPPED | 0x55).unwrap(), None);
+        assert!(pfn_of(PRESENT).is_err());
     }
 
     #[test]

@@ -4,10 +4,12 @@
 //! a Rust module on the Rust mmu_notifier abstraction) instead of KVM.
 //!
 //! In its own memcg, the test faults in 64 MiB of anonymous 4 KiB pages,
-//! mirrors them in the device, makes them old, accesses every other page
-//! only through the device (`ACCESS` ioctl: the device's accessed bits, never
-//! the host PTE's) and forces an aging pass. It checks promotion with 0x8 on
-//! and off, with the fast-only op failing, and with the op absent (NULL);
+//! mirrors them in the device, puts them all on the LRU lists (the last pages
+//! faulted in wait in per-CPU LRU batches, which aging on 7.x skips), makes
+//! them old, accesses every other page only through the device (`ACCESS`
+//! ioctl: the device's accessed bits, never the host PTE's) and forces an
+//! aging pass. It checks promotion with 0x8 on and off (the base kernel's
+//! own path), with the fast-only op failing, and with the op absent (NULL);
 //! that an answer that is both "young" and "failed" (two subscribers, one
 //! failing; a THP range answered only in part) keeps the page young;
 //! that invalidations make the device forget pages; that reclaim keeps the
@@ -119,6 +121,12 @@ impl Setup {
                 r => break r.context("LRU_MIRROR MIRROR")?,
             }
         }
+        // The last pages faulted in wait in per-CPU LRU batches, off the LRU
+        // lists. Since 7.x the aging walk skips such folios (get_pfn_folio():
+        // folio_lru_gen() < 0), asking neither their PTEs nor a secondary MMU
+        // about them; 6.12 asked. The cases' counts are exact only with all of
+        // them on the lists (`expect_on_lru()` checks it before measuring).
+        sys::drain_lru_batches()?;
         Ok(Self { mem, dev })
     }
 
@@ -139,9 +147,19 @@ impl Setup {
         Ok(n)
     }
 
+    /// Fails unless every mirrored page is on an LRU list, where an aging
+    /// pass looks at it.
+    fn expect_on_lru(&self) -> Result<()> {
+        expect_on_lru(self.addr(0), self.pages())
+    }
+
     /// Measures an aging pass after the device accessed the even pages.
     fn measure(&self, cg: &Memcg, mask: u32) -> Result<(Pass, Stats)> {
         features::set_lru_gen_caps(mask)?;
+        // Checked before the passes that make the pages old: the heap the
+        // check touches is old by the measured pass, and nothing before it
+        // takes a mirrored page off its LRU list.
+        self.expect_on_lru()?;
         let half = (self.pages() / 2) as u64;
         let mut before = Stats::default();
         let pass = aging::measured_pass(cg, half, half, || {
@@ -154,6 +172,21 @@ impl Setup {
         })?;
         Ok((pass, self.dev.stats()?.since(&before)))
     }
+}
+
+/// Fails unless each of the `pages` pages at `addr` is on an LRU list: the
+/// precondition of the exact counts (see [`Setup::new`]).
+fn expect_on_lru(addr: usize, pages: usize) -> Result<()> {
+    let off = pagemap::off_lru(addr, pages)?;
+    if !off.is_empty() {
+        bail!(
+            "{} of {pages} mirrored pages are not on an LRU list before aging \
+             (aging skips them), first at page {}",
+            off.len(),
+            off[0]
+        );
+    }
+    Ok(())
 }
 
 fn module_loads() -> Result<()> {
@@ -206,7 +239,9 @@ fn without_secondary_walk(t: &Ktap, cg: &Memcg) -> Result<()> {
         "0x{NO_SECONDARY:04x}: {} device {st:?}",
         p.describe()
     ));
-    // 6.12 asks secondary MMUs through clear_young() during aging.
+    // The base kernel asks secondary MMUs through clear_young() during aging:
+    // 6.12 per page, 7.3 per run of PTEs mapping one folio (4 KiB folios
+    // here, so per page too).
     p.check_fractions()?;
     if st.fast_calls != 0 || st.slow_young != s.pages() as u64 / 2 {
         bail!("with 0x8 clear the fast-only op ran or clear_young() missed pages: {st:?}");
@@ -223,7 +258,8 @@ fn fast_failing(t: &Ktap, cg: &Memcg) -> Result<()> {
         "0x{ALL_CAPS:04x} + FAIL_FAST: {} device {st:?}",
         p.describe()
     ));
-    // Every failed entry takes 6.12's path: clear_young() finds the pages.
+    // Every failed entry takes the base kernel's path: clear_young() finds
+    // the pages.
     p.check_fractions()?;
     if st.fast_pages == 0 || st.fast_failed != st.fast_pages || st.fast_young != 0 {
         bail!("fast-only op did not fail as configured: {st:?}");
@@ -1353,8 +1389,13 @@ fn concurrent_bad_ioctls(t: &Ktap, cg: &Memcg, o: &Opts) -> Result<()> {
         ));
     }
     // Young for the device: exactly the pages valid ACCESSes hit. An aging
-    // pass with 0x8 asks the device about every page and clears what it
-    // reports; a failure knob that slipped through would fail pages.
+    // pass with 0x8 asks the device about every page on an LRU list (all of
+    // them, once the per-CPU batches are drained, see Setup::new) and clears
+    // what it reports; a failure knob that slipped through would fail pages.
+    sys::drain_lru_batches()?;
+    if let Err(e) = expect_on_lru(base, n) {
+        bad.push(format!("{e:#}"));
+    }
     features::set_lru_gen_caps(ALL_CAPS)?;
     let young = hit.iter().filter(|h| h.load(Ordering::Relaxed)).count() as u64;
     let before = dev.stats()?;
@@ -1605,7 +1646,7 @@ fn main() {
         "aging_0x8_promotes_device_accessed",
         with_secondary_walk(&t, &cg),
     );
-    t.check("aging_without_0x8_is_6_12", without_secondary_walk(&t, &cg));
+    t.check("aging_without_0x8_is_base", without_secondary_walk(&t, &cg));
     t.check("fast_only_failed_falls_back", fast_failing(&t, &cg));
     t.check(
         "young_and_failed_two_subscribers_stays_young",
