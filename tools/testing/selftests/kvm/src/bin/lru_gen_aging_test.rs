@@ -879,7 +879,7 @@ fn main() {
             } else {
                 "4k"
             },
-            if on { "0x8_on" } else { "0x8_off_is_6_12" }
+            if on { "0x8_on" } else { "0x8_off_is_base" }
         )
     };
     match faulted_vm(o.total(), o.vcpus as usize, o.backing.into()) {
