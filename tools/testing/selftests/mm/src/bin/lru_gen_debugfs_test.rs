@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: GPL-2.0
 //! lru_gen_debugfs_test: bad commands written to `/sys/kernel/debug/lru_gen`
 //! fail with the errno `lru_gen_seq_write()` (mm/vmscan.c) gives them and
-//! leave the memcg's generations alone.
+//! leave the memcg's generations alone; commands whose meaning changed
+//! between 6.12 and 7.x are asserted to do exactly what the running
+//! kernel's major version does with them.
 //!
 //! The commands are the ones the other tests write:
 //!
@@ -10,32 +12,61 @@
 //! - memcg_id node_id min_gen_nr [swappiness [nr_to_reclaim]]  eviction
 //! ```
 //!
-//! separated by `,`, `;` or newlines. What the kernel does with them, and
-//! what each case asserts:
+//! separated by `,`, `;` or newlines (both kernels read `can_swap` as a
+//! swappiness). What the kernel does with them, and what each case asserts,
+//! on both bases:
 //!
-//! - a line `sscanf()` cannot read as `%c %u %u %lu [%u [%lu]]` with nothing
+//! - a line `sscanf()` cannot read as `%c %u %u %lu [%u [%lu]]` (6.12) or
+//!   `%c %llu %u %lu [%4s [%lu]]` (7.x: a swappiness word of at most 4
+//!   characters, `max` or what `kstrtouint(.., 0, ..)` takes) with nothing
 //!   after it (missing or non-numeric fields, negative numbers, hex, trailing
 //!   junk, an extra field, a megabyte of junk), an unknown command character,
-//!   a memcg id that names no memcg (or aliases one in 16 bits), a node without
-//!   memory, a `max_gen_nr` above `max_seq`, a swappiness (`can_swap`) above
-//!   200, an eviction of a generation younger than `max_seq - 1`, and a write
-//!   with no command at all: `EINVAL`;
-//! - aging without `force_scan` when the lruvec already has `MAX_NR_GENS`
-//!   generations: `ERANGE`;
+//!   a memcg id that names no memcg (6.12: also one that aliases ours in 16
+//!   bits; 7.x reads 64-bit cgroup ids), a node without memory, a
+//!   `max_gen_nr` above `max_seq`, an eviction of a generation younger than
+//!   `max_seq - 1`, and a write with no command at all: `EINVAL`;
 //! - a buffer the kernel cannot copy: `EFAULT`;
-//! - a `max_gen_nr` below `max_seq` (someone else aged already) is not an
-//!   error: the write succeeds and does nothing;
 //! - commands run in order until the first bad one, which fails the write:
 //!   those before it have taken effect, none after it has.
 //!
+//! On 6.12 (any 6.x kernel; `run_aging()`, `run_cmd()`):
+//!
+//! - a swappiness above `MAX_SWAPPINESS` (200: 201, 1000, 2^31 - 1), aging
+//!   or eviction: `EINVAL`;
+//! - aging without `force_scan` when the lruvec already has `MAX_NR_GENS`
+//!   generations: `ERANGE`;
+//! - a `max_gen_nr` below `max_seq` (someone else aged already) is not an
+//!   error: the write succeeds and does nothing.
+//!
+//! On 7.x (written from 7.3; any kernel of major version 7 or later):
+//!
+//! - a swappiness above `SWAPPINESS_ANON_ONLY` (201, "anon only", also
+//!   written `max`): `EINVAL` — 202, 1000 and 9999 from `run_cmd()`'s range
+//!   check; 2147483647 is read as `2147` and `483647` by `%4s`, which leaves
+//!   the last field as trailing junk: `EINVAL` from the parser;
+//! - `run_aging()` ignores a `max_gen_nr` up to `max_seq` and ages from
+//!   `max_seq`, with no `ERANGE` for full generations: a `max_gen_nr` below
+//!   `max_seq`, and aging without `force_scan` on full generations (with
+//!   swappiness 1, 200, 201 and `max`), each succeed and add exactly one
+//!   generation. The only other outcome, `EEXIST`, needs another aging of
+//!   the same lruvec at the same time (`try_to_inc_max_seq()` refuses a
+//!   `max_seq` whose mm walk is done or under way, `inc_max_seq()` a stale
+//!   one), which nothing does to the test's memcg;
+//! - a stale aging before a bad command has run (one generation), the
+//!   commands after it have not.
+//!
 //! "Nothing changed" is checked on the memcg's lruvecs as `lru_gen` prints
 //! them: `min_seq`, `max_seq` and every generation's anon and file page
-//! counts, before and after every write. The memcg holds 8 MiB of the test's
-//! own anonymous memory, which nothing touches while the cases run (the test
-//! leaves the memcg after faulting it in, so nothing new is charged there).
+//! counts, before and after every write. "Exactly one new generation": the
+//! lruvec under test's `max_seq` is one higher and its anon and file page
+//! totals are the same (aging moves pages between generations, adds or
+//! frees none); every other node is unchanged. The memcg holds 8 MiB of the
+//! test's own anonymous memory, which nothing touches while the cases run
+//! (the test leaves the memcg after faulting it in, so nothing new is
+//! charged there).
 //!
 //! Nothing here depends on the mglru-secondary series: the write interface is
-//! 6.12's, and the test reads `lru_gen`, not `lru_gen_full`.
+//! the base kernel's, and the test reads `lru_gen`, not `lru_gen_full`.
 
 use clap::Parser;
 use mglru_selftest::features::{self, caps, CapsGuard};
@@ -59,6 +90,37 @@ const LONG: usize = 1 << 20;
 #[derive(Parser, Debug)]
 #[command(name = "lru_gen_debugfs_test", version, about, long_about = None)]
 struct Opts {}
+
+/// Which `lru_gen_seq_write()` the running kernel has. A stale
+/// `max_gen_nr`, the swappiness range and aging full generations without
+/// `force_scan` mean different things on 6.12 and on 7.x.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Rules {
+    /// 6.12's (any 6.x kernel): a stale `max_gen_nr` is a no-op, swappiness
+    /// up to `MAX_SWAPPINESS` (200), `ERANGE` for full generations.
+    V6,
+    /// 7.3's (any kernel of major version 7 or later): a stale `max_gen_nr`
+    /// ages from `max_seq`, swappiness up to `SWAPPINESS_ANON_ONLY` (201),
+    /// full generations age like any others.
+    V7,
+}
+
+impl Rules {
+    fn of(release: &str) -> Result<Self> {
+        Ok(if features::release_major(release)? < 7 {
+            Rules::V6
+        } else {
+            Rules::V7
+        })
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Rules::V6 => "6.12's lru_gen write rules",
+            Rules::V7 => "7.3's lru_gen write rules",
+        }
+    }
+}
 
 /// `(seq, anon pages, file pages)` of one generation.
 type Gen = (u64, u64, u64);
@@ -99,6 +161,14 @@ impl State {
             (Some(a), Some(b)) => Ok((a.0, b.0)),
             _ => bail!("node {nid} lists no generation"),
         }
+    }
+
+    /// `(anon, file)` pages in all generations on `nid`.
+    fn totals(&self, nid: u32) -> Result<(u64, u64)> {
+        Ok(self
+            .node(nid)?
+            .iter()
+            .fold((0, 0), |(a, f), g| (a + g.1, f + g.2)))
     }
 
     fn describe(&self) -> String {
@@ -280,6 +350,7 @@ fn errno_name(e: i32) -> String {
         libc::EFAULT => "EFAULT".into(),
         libc::ENOMEM => "ENOMEM".into(),
         libc::EINTR => "EINTR".into(),
+        libc::EEXIST => "EEXIST".into(),
         e => format!("errno {e}"),
     }
 }
@@ -296,11 +367,69 @@ fn shown(cmd: &[u8]) -> String {
 
 /// The outcome a case expects.
 #[derive(Clone, Copy)]
-enum Want {
-    /// The write fails with this errno.
-    Errno(i32),
-    /// The write succeeds (returns its length) and does nothing.
-    NoOp,
+struct Want {
+    /// `None`: the write succeeds (returns its length); `Some(e)`: it fails
+    /// with errno `e`.
+    errno: Option<i32>,
+    /// 0: the memcg's generations do not change at all. n > 0: the lruvec
+    /// under test gains exactly n generations (`max_seq` n higher, the same
+    /// anon and file page totals) and no other node changes.
+    new_gens: u64,
+}
+
+impl Want {
+    /// The write fails with `e` and changes nothing.
+    const fn errno(e: i32) -> Self {
+        Want {
+            errno: Some(e),
+            new_gens: 0,
+        }
+    }
+
+    /// The write succeeds and changes nothing.
+    const NOOP: Want = Want {
+        errno: None,
+        new_gens: 0,
+    };
+
+    /// The write succeeds and adds exactly one generation.
+    const AGES: Want = Want {
+        errno: None,
+        new_gens: 1,
+    };
+}
+
+/// Whether `after` is `before` with exactly `n` more generations on `nid`
+/// (and the same anon and file page totals there) and every other node
+/// unchanged; the reason if not.
+fn aged_by(before: &State, after: &State, nid: u32, n: u64) -> std::result::Result<(), String> {
+    let nids = |s: &State| s.0.iter().map(|(nid, _)| *nid).collect::<Vec<_>>();
+    if nids(before) != nids(after) {
+        return Err(format!("nodes {:?} -> {:?}", nids(before), nids(after)));
+    }
+    for ((bn, bg), (_, ag)) in before.0.iter().zip(&after.0) {
+        if *bn != nid && bg != ag {
+            return Err(format!("node {bn}, not aged, changed"));
+        }
+    }
+    let e = |e: anyhow::Error| format!("{e:#}");
+    let ((_, bmax), (_, amax)) = (before.seqs(nid).map_err(e)?, after.seqs(nid).map_err(e)?);
+    if amax != bmax + n {
+        return Err(format!(
+            "max_seq {bmax} -> {amax}, expected {} (exactly {n} new generation(s))",
+            bmax + n
+        ));
+    }
+    let (bt, at) = (
+        before.totals(nid).map_err(e)?,
+        after.totals(nid).map_err(e)?,
+    );
+    if bt != at {
+        return Err(format!(
+            "pages (anon, file) {bt:?} -> {at:?}, expected the same (aging adds or frees none)"
+        ));
+    }
+    Ok(())
 }
 
 /// Collects the failures of one group of cases.
@@ -341,22 +470,31 @@ impl<'a> Cases<'a> {
         after: &State,
     ) {
         self.tried += 1;
-        match (want, r) {
-            (Want::Errno(e), Err(got)) if got == e => {}
-            (Want::NoOp, Ok(n)) if n == len => {}
-            (Want::Errno(e), r) => self.bad.push(format!(
+        match (want.errno, r) {
+            (Some(e), Err(got)) if got == e => {}
+            (None, Ok(n)) if n == len => {}
+            (Some(e), r) => self.bad.push(format!(
                 "{what}: {cmd} gave {}, expected {}",
                 outcome(r),
                 errno_name(e)
             )),
-            (Want::NoOp, r) => self.bad.push(format!(
+            (None, r) => self.bad.push(format!(
                 "{what}: {cmd} gave {}, expected success ({len} bytes)",
                 outcome(r)
             )),
         }
-        if before != after {
+        if want.new_gens == 0 {
+            if before != after {
+                self.bad.push(format!(
+                    "{what}: {cmd} changed the memcg: {} -> {}",
+                    before.describe(),
+                    after.describe()
+                ));
+            }
+        } else if let Err(why) = aged_by(before, after, self.f.nid, want.new_gens) {
             self.bad.push(format!(
-                "{what}: {cmd} changed the memcg: {} -> {}",
+                "{what}: {cmd} on node {}: {why}: {} -> {}",
+                self.f.nid,
                 before.describe(),
                 after.describe()
             ));
@@ -364,7 +502,7 @@ impl<'a> Cases<'a> {
     }
 
     fn einval(&mut self, what: &str, cmd: &str) -> Result<()> {
-        self.expect(what, cmd.as_bytes(), Want::Errno(libc::EINVAL))
+        self.expect(what, cmd.as_bytes(), Want::errno(libc::EINVAL))
     }
 
     fn finish(self, t: &Ktap, group: &str) -> Result<()> {
@@ -468,7 +606,7 @@ fn non_numeric_fields(t: &Ktap, f: &Fixture) -> Result<()> {
     c.finish(t, "non-numeric fields")
 }
 
-fn nonexistent_memcg(t: &Ktap, f: &Fixture) -> Result<()> {
+fn nonexistent_memcg(t: &Ktap, f: &Fixture, rules: Rules) -> Result<()> {
     let (_, max) = f.seqs()?;
     let (id, nid, free) = (f.id, f.nid, f.free_id);
     let mut c = Cases::new(f);
@@ -476,10 +614,16 @@ fn nonexistent_memcg(t: &Ktap, f: &Fixture) -> Result<()> {
     for (what, cmd) in [
         ("id 0", format!("+ 0 {nid} {max} 1 1")),
         ("unused id", format!("+ {free} {nid} {max} 1 1")),
-        // mem_cgroup_from_id() takes 16 bits: this finds our memcg, whose
-        // id then differs from the one written.
+        // 6.12: mem_cgroup_from_id() takes 16 bits: this finds our memcg,
+        // whose id then differs from the one written. 7.x: the id is the
+        // 64-bit cgroup id (the cgroup directory's inode number, handed out
+        // in increasing order), and no cgroup is made after ours: no cgroup
+        // has this id.
         (
-            "id + 65536 aliasing ours",
+            match rules {
+                Rules::V6 => "id + 65536 aliasing ours",
+                Rules::V7 => "id + 65536",
+            },
             format!("+ {} {nid} {max} 1 1", id + 65536),
         ),
         ("id 2^32 - 1", format!("+ 4294967295 {nid} {max} 1 1")),
@@ -517,11 +661,17 @@ fn future_max_gen_nr(t: &Ktap, f: &Fixture) -> Result<()> {
     c.finish(t, "max_gen_nr above max_seq")
 }
 
-/// A `max_gen_nr` below `max_seq` means the generation was created already
-/// (by someone else): the kernel returns success and does nothing.
-fn stale_max_gen_nr(t: &Ktap, f: &Fixture) -> Result<()> {
+/// A `max_gen_nr` below `max_seq`. 6.12: the generation was created
+/// already (by someone else): the kernel returns success and does nothing.
+/// 7.x: `run_aging()` ages from `max_seq` anyway: success, one generation
+/// more per write.
+fn stale_max_gen_nr(t: &Ktap, f: &Fixture, rules: Rules) -> Result<()> {
     let (_, max) = f.seqs()?;
     let (id, nid) = (f.id, f.nid);
+    let want = match rules {
+        Rules::V6 => Want::NOOP,
+        Rules::V7 => Want::AGES,
+    };
     let mut c = Cases::new(f);
     for (what, cmd) in [
         ("max_seq - 1", format!("+ {id} {nid} {} 1 1", max - 1)),
@@ -531,26 +681,45 @@ fn stale_max_gen_nr(t: &Ktap, f: &Fixture) -> Result<()> {
             format!("+ {id} {nid} {}", max - 1),
         ),
     ] {
-        c.expect(what, cmd.as_bytes(), Want::NoOp)?;
+        c.expect(what, cmd.as_bytes(), want)?;
     }
     c.finish(t, "stale max_gen_nr")
 }
 
-fn can_swap_out_of_range(t: &Ktap, f: &Fixture) -> Result<()> {
+/// Swappiness values above the range each base accepts: 6.12's
+/// `MAX_SWAPPINESS` (200), 7.x's `SWAPPINESS_ANON_ONLY` (201).
+fn too_swappy(rules: Rules) -> &'static [u32] {
+    match rules {
+        Rules::V6 => &[201, 1000, i32::MAX as u32],
+        // 7.x reads the field with %4s: 2147483647 becomes swappiness 2147
+        // and 483647 the next field, and the line's last field is then
+        // trailing junk. EINVAL all the same, from the parser.
+        Rules::V7 => &[202, 1000, 9999, i32::MAX as u32],
+    }
+}
+
+fn can_swap_out_of_range(t: &Ktap, f: &Fixture, rules: Rules) -> Result<()> {
     let (_, max) = f.seqs()?;
     let (id, nid) = (f.id, f.nid);
     let mut c = Cases::new(f);
-    // can_swap is read as a swappiness; above MAX_SWAPPINESS (200) is bad.
-    for v in [201u32, 1000, i32::MAX as u32] {
+    // can_swap is read as a swappiness; above the base's maximum is bad.
+    let (label, group) = match rules {
+        Rules::V6 => ("can_swap", "can_swap above 200"),
+        Rules::V7 => ("swappiness", "swappiness above 201"),
+    };
+    for v in too_swappy(rules) {
         c.einval(
-            &format!("can_swap {v}"),
+            &format!("{label} {v}"),
             &format!("+ {id} {nid} {max} {v} 1"),
         )?;
     }
-    c.finish(t, "can_swap above 200")
+    c.finish(t, group)
 }
 
-fn no_force_scan_when_full(t: &Ktap, f: &Fixture) -> Result<()> {
+fn no_force_scan_when_full(t: &Ktap, f: &Fixture, rules: Rules) -> Result<()> {
+    if rules == Rules::V7 {
+        return no_force_scan_when_full_ages(t, f);
+    }
     f.fill_generations()?;
     let (_, max) = f.seqs()?;
     let (id, nid) = (f.id, f.nid);
@@ -559,22 +728,47 @@ fn no_force_scan_when_full(t: &Ktap, f: &Fixture) -> Result<()> {
         ("can_swap 1", format!("+ {id} {nid} {max} 1 0")),
         ("can_swap 200", format!("+ {id} {nid} {max} 200 0")),
     ] {
-        c.expect(what, cmd.as_bytes(), Want::Errno(libc::ERANGE))?;
+        c.expect(what, cmd.as_bytes(), Want::errno(libc::ERANGE))?;
     }
     c.finish(t, "aging without force_scan, generations full")
 }
 
-fn eviction_swappiness_out_of_range(t: &Ktap, f: &Fixture) -> Result<()> {
+/// 7.x: `run_aging()` has no `ERANGE`; `inc_max_seq()` makes room by
+/// retiring the oldest generation (`inc_min_seq()`). Swappiness 1, 200 and
+/// 201 (also written `max`, the largest accepted) each age full
+/// generations by exactly one.
+fn no_force_scan_when_full_ages(t: &Ktap, f: &Fixture) -> Result<()> {
+    let (id, nid) = (f.id, f.nid);
+    let mut c = Cases::new(f);
+    for v in ["1", "200", "201", "max"] {
+        f.fill_generations()?;
+        let (_, max) = f.seqs()?;
+        c.expect(
+            &format!("swappiness {v}"),
+            format!("+ {id} {nid} {max} {v} 0").as_bytes(),
+            Want::AGES,
+        )?;
+    }
+    c.finish(t, "aging without force_scan, generations full")
+}
+
+fn eviction_swappiness_out_of_range(t: &Ktap, f: &Fixture, rules: Rules) -> Result<()> {
     let (min, _) = f.seqs()?;
     let (id, nid) = (f.id, f.nid);
     let mut c = Cases::new(f);
-    for v in [201u32, 1000, i32::MAX as u32] {
+    for v in too_swappy(rules) {
         c.einval(
             &format!("swappiness {v}"),
             &format!("- {id} {nid} {min} {v} 1000"),
         )?;
     }
-    c.finish(t, "eviction swappiness above 200")
+    c.finish(
+        t,
+        match rules {
+            Rules::V6 => "eviction swappiness above 200",
+            Rules::V7 => "eviction swappiness above 201",
+        },
+    )
 }
 
 fn eviction_too_young(t: &Ktap, f: &Fixture) -> Result<()> {
@@ -619,28 +813,69 @@ fn over_long_lines(t: &Ktap, f: &Fixture) -> Result<()> {
 }
 
 /// Commands run in order; the first bad one fails the write and stops it.
-fn several_commands_one_bad(t: &Ktap, f: &Fixture) -> Result<()> {
+fn several_commands_one_bad(t: &Ktap, f: &Fixture, rules: Rules) -> Result<()> {
     let (_, max) = f.seqs()?;
     let (id, nid) = (f.id, f.nid);
     let good = format!("+ {id} {nid} {max} 1 1");
     let mut c = Cases::new(f);
-    for (what, cmd) in [
-        ("bad first", format!("+ {id} {nid} {} 1 1;{good}", max + 1)),
+    let einval = Want::errno(libc::EINVAL);
+    let mut cases = vec![
+        (
+            "bad first",
+            format!("+ {id} {nid} {} 1 1;{good}", max + 1),
+            einval,
+        ),
         (
             "bad first, newline",
             format!("+ {id} 4294967295 {max} 1 1\n{good}\n"),
+            einval,
         ),
-        (
-            "stale no-op, then bad",
-            format!("+ {id} {nid} {} 1 1, + {id} {nid} {max} 201 1\n", max - 1),
-        ),
-        (
-            "stale no-op, bare '-', good",
-            format!("+ {id} {nid} {} 1 1;-;{good}", max - 1),
-        ),
-    ] {
-        c.einval(what, &cmd)?;
+    ];
+    match rules {
+        Rules::V6 => cases.extend([
+            (
+                "stale no-op, then bad",
+                format!("+ {id} {nid} {} 1 1, + {id} {nid} {max} 201 1\n", max - 1),
+                einval,
+            ),
+            (
+                "stale no-op, bare '-', good",
+                format!("+ {id} {nid} {} 1 1;-;{good}", max - 1),
+                einval,
+            ),
+        ]),
+        // 7.x: the stale command ages (one generation); the good one after
+        // the bad one would age again, whatever its max_gen_nr.
+        Rules::V7 => cases.extend([
+            (
+                "swappiness 202 first, then good",
+                format!("+ {id} {nid} {max} 202 1, {good}\n"),
+                einval,
+            ),
+            (
+                "stale (ages), then swappiness 202",
+                format!("+ {id} {nid} {} 1 1, + {id} {nid} {max} 202 1\n", max - 1),
+                Want {
+                    errno: Some(libc::EINVAL),
+                    new_gens: 1,
+                },
+            ),
+            (
+                "stale (ages), bare '-', good",
+                format!("+ {id} {nid} {} 1 1;-;{good}", max - 1),
+                Want {
+                    errno: Some(libc::EINVAL),
+                    new_gens: 1,
+                },
+            ),
+        ]),
     }
+    for (what, cmd, want) in cases {
+        c.expect(what, cmd.as_bytes(), want)?;
+    }
+    // Aging above may have moved max_seq.
+    let (_, max) = f.seqs()?;
+    let good = format!("+ {id} {nid} {max} 1 1");
     // A good command before the bad one has run: the write fails, the
     // generation it created stays, the good command after the bad one
     // does not run.
@@ -717,7 +952,7 @@ fn bad_buffer(t: &Ktap, f: &Fixture) -> Result<()> {
             &format!("{len} bytes at {ptr:p}"),
             len,
             r,
-            Want::Errno(libc::EFAULT),
+            Want::errno(libc::EFAULT),
             &before,
             &after,
         );
@@ -725,16 +960,88 @@ fn bad_buffer(t: &Ktap, f: &Fixture) -> Result<()> {
     c.finish(t, "unreadable buffers")
 }
 
+/// One case: runs its writes, fails with what went wrong.
+type CaseFn = fn(&Ktap, &Fixture, Rules) -> Result<()>;
+
+/// The cases, in the order they run, named for what they assert under
+/// `rules`; the KTAP plan is their number.
+fn cases(rules: Rules) -> [(&'static str, CaseFn); 16] {
+    let v6 = rules == Rules::V6;
+    [
+        ("valid_aging_command_creates_generation", |_, f, _| {
+            valid_command_ages(f)
+        }),
+        ("no_command_einval", |t, f, _| empty_writes(t, f)),
+        ("unknown_command_einval", |t, f, _| unknown_commands(t, f)),
+        ("missing_fields_einval", |t, f, _| missing_fields(t, f)),
+        ("non_numeric_fields_einval", |t, f, _| {
+            non_numeric_fields(t, f)
+        }),
+        ("nonexistent_memcg_einval", nonexistent_memcg),
+        ("bad_node_einval", |t, f, _| bad_nodes(t, f)),
+        ("future_max_gen_nr_einval", |t, f, _| {
+            future_max_gen_nr(t, f)
+        }),
+        (
+            if v6 {
+                "stale_max_gen_nr_noop"
+            } else {
+                "stale_max_gen_nr_ages"
+            },
+            stale_max_gen_nr,
+        ),
+        (
+            if v6 {
+                "can_swap_above_200_einval"
+            } else {
+                "swappiness_above_201_einval"
+            },
+            can_swap_out_of_range,
+        ),
+        (
+            if v6 {
+                "aging_without_force_scan_full_erange"
+            } else {
+                "aging_without_force_scan_full_ages"
+            },
+            no_force_scan_when_full,
+        ),
+        (
+            if v6 {
+                "eviction_swappiness_above_200_einval"
+            } else {
+                "eviction_swappiness_above_201_einval"
+            },
+            eviction_swappiness_out_of_range,
+        ),
+        ("eviction_too_young_einval", |t, f, _| {
+            eviction_too_young(t, f)
+        }),
+        ("over_long_lines_einval", |t, f, _| over_long_lines(t, f)),
+        ("several_commands_stop_at_bad_one", several_commands_one_bad),
+        ("unreadable_buffer_efault", |t, f, _| bad_buffer(t, f)),
+    ]
+}
+
 fn main() {
     let _ = Opts::parse();
     if let Some(why) = features::memcg_aging_missing() {
         Ktap::lacks(&why);
     }
+    let (release, rules) = match features::kernel_release().and_then(|r| {
+        let rules = Rules::of(&r)?;
+        Ok((r, rules))
+    }) {
+        Ok(x) => x,
+        Err(e) => Ktap::bail_out(&format!("which kernel is this: {e:#}")),
+    };
     let guard = match CapsGuard::save() {
         Ok(g) => g,
         Err(e) => Ktap::bail_out(&format!("reading {}: {e:#}", features::LRU_GEN_ENABLED)),
     };
-    let mut t = Ktap::new(16);
+    let cases = cases(rules);
+    let mut t = Ktap::new(cases.len());
+    t.diag(&format!("kernel {release}: {}", rules.describe()));
     if guard.saved() & caps::CORE == 0 {
         if let Err(e) = features::set_lru_gen_caps(guard.saved() | caps::CORE) {
             t.diag(&format!("enabling the multi-gen LRU: {e:#}"));
@@ -759,35 +1066,113 @@ fn main() {
         )),
         Err(e) => t.diag(&format!("{e:#}")),
     }
-    t.check(
-        "valid_aging_command_creates_generation",
-        valid_command_ages(&f),
-    );
-    t.check("no_command_einval", empty_writes(&t, &f));
-    t.check("unknown_command_einval", unknown_commands(&t, &f));
-    t.check("missing_fields_einval", missing_fields(&t, &f));
-    t.check("non_numeric_fields_einval", non_numeric_fields(&t, &f));
-    t.check("nonexistent_memcg_einval", nonexistent_memcg(&t, &f));
-    t.check("bad_node_einval", bad_nodes(&t, &f));
-    t.check("future_max_gen_nr_einval", future_max_gen_nr(&t, &f));
-    t.check("stale_max_gen_nr_noop", stale_max_gen_nr(&t, &f));
-    t.check("can_swap_above_200_einval", can_swap_out_of_range(&t, &f));
-    t.check(
-        "aging_without_force_scan_full_erange",
-        no_force_scan_when_full(&t, &f),
-    );
-    t.check(
-        "eviction_swappiness_above_200_einval",
-        eviction_swappiness_out_of_range(&t, &f),
-    );
-    t.check("eviction_too_young_einval", eviction_too_young(&t, &f));
-    t.check("over_long_lines_einval", over_long_lines(&t, &f));
-    t.check(
-        "several_commands_stop_at_bad_one",
-        several_commands_one_bad(&t, &f),
-    );
-    t.check("unreadable_buffer_efault", bad_buffer(&t, &f));
+    for (name, case) in cases {
+        let r = case(&t, &f, rules);
+        t.check(name, r);
+    }
     drop(f);
     drop(guard);
     t.finish();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(rules: Rules) -> Vec<&'static str> {
+        cases(rules).iter().map(|(n, _)| *n).collect()
+    }
+
+    #[test]
+    fn rules_from_release() {
+        assert_eq!(Rules::of("6.12.117-mglru-secondary").unwrap(), Rules::V6);
+        assert_eq!(Rules::of("7.3.4-base").unwrap(), Rules::V7);
+        assert_eq!(Rules::of("8.0.0").unwrap(), Rules::V7);
+        assert!(Rules::of("").is_err());
+    }
+
+    #[test]
+    fn v6_cases_are_612s() {
+        assert_eq!(
+            names(Rules::V6),
+            [
+                "valid_aging_command_creates_generation",
+                "no_command_einval",
+                "unknown_command_einval",
+                "missing_fields_einval",
+                "non_numeric_fields_einval",
+                "nonexistent_memcg_einval",
+                "bad_node_einval",
+                "future_max_gen_nr_einval",
+                "stale_max_gen_nr_noop",
+                "can_swap_above_200_einval",
+                "aging_without_force_scan_full_erange",
+                "eviction_swappiness_above_200_einval",
+                "eviction_too_young_einval",
+                "over_long_lines_einval",
+                "several_commands_stop_at_bad_one",
+                "unreadable_buffer_efault",
+            ]
+        );
+    }
+
+    #[test]
+    fn v7_cases_say_what_they_assert() {
+        let v6 = names(Rules::V6);
+        let v7 = names(Rules::V7);
+        let changed: Vec<(&str, &str)> = v6
+            .iter()
+            .zip(&v7)
+            .filter(|(a, b)| a != b)
+            .map(|(a, b)| (*a, *b))
+            .collect();
+        assert_eq!(
+            changed,
+            [
+                ("stale_max_gen_nr_noop", "stale_max_gen_nr_ages"),
+                ("can_swap_above_200_einval", "swappiness_above_201_einval"),
+                (
+                    "aging_without_force_scan_full_erange",
+                    "aging_without_force_scan_full_ages"
+                ),
+                (
+                    "eviction_swappiness_above_200_einval",
+                    "eviction_swappiness_above_201_einval"
+                ),
+            ]
+        );
+        let mut unique = v7.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), v7.len());
+    }
+
+    #[test]
+    fn too_swappy_is_above_each_bases_maximum() {
+        assert!(too_swappy(Rules::V6).iter().all(|&v| v > 200));
+        assert!(too_swappy(Rules::V6).contains(&201));
+        assert!(too_swappy(Rules::V7).iter().all(|&v| v > 201));
+        assert!(too_swappy(Rules::V7).contains(&202));
+    }
+
+    fn state(gens: &[Gen]) -> State {
+        State(vec![(0, gens.to_vec()), (1, vec![(5, 1, 1)])])
+    }
+
+    #[test]
+    fn aged_by_wants_one_more_generation_same_pages() {
+        let before = state(&[(4, 10, 0), (5, 0, 0), (6, 0, 0), (7, 2038, 0)]);
+        // min_seq moved, pages moved to the next generation: fine.
+        let after = state(&[(5, 10, 0), (6, 0, 0), (7, 2038, 0), (8, 0, 0)]);
+        assert_eq!(aged_by(&before, &after, 0, 1), Ok(()));
+        assert!(aged_by(&before, &before, 0, 1).is_err());
+        assert!(aged_by(&before, &after, 0, 2).is_err());
+        // A page lost.
+        let lost = state(&[(5, 9, 0), (6, 0, 0), (7, 2038, 0), (8, 0, 0)]);
+        assert!(aged_by(&before, &lost, 0, 1).is_err());
+        // Another node changed.
+        let mut other = after.clone();
+        other.0[1].1[0].1 = 2;
+        assert!(aged_by(&before, &other, 0, 1).is_err());
+    }
 }
