@@ -112,6 +112,21 @@ pub fn is_series_release(rel: &str) -> bool {
     rel.contains(SERIES_LOCALVERSION)
 }
 
+/// The major version of a kernel release (`7` of `7.3.4-mglru-secondary`).
+pub fn release_major(rel: &str) -> Result<u32> {
+    rel.split('.')
+        .next()
+        .and_then(|m| m.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("cannot parse the kernel release {rel:?}"))
+}
+
+/// Whether the series on this kernel release brings its own
+/// `kernel::miscdevice`: the 6.12 series does (6.12 has none); on 7.x the
+/// misc device abstraction is upstream's, which the series does not change.
+pub fn series_has_own_miscdevice(rel: &str) -> Result<bool> {
+    Ok(release_major(rel)? < 7)
+}
+
 /// The kernel flavour `scripts/vm-run` booted (`MGLRU_FLAVOR` in the
 /// test VM's environment), if the test runs under it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -120,7 +135,7 @@ pub enum Flavor {
     Default,
     /// The series under the kernel's sanitizers (`make stress`).
     Debug,
-    /// Pristine 6.12.117 (`make check-base`).
+    /// The pristine base kernel, 6.12.117 or 7.3.4 (`make check-base`).
     Base,
 }
 
@@ -232,6 +247,16 @@ pub fn exists(path: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn release_majors() {
+        assert_eq!(release_major("6.12.117-mglru-secondary").unwrap(), 6);
+        assert_eq!(release_major("7.3.4-base").unwrap(), 7);
+        assert!(release_major("").is_err());
+        assert!(release_major("x.1").is_err());
+        assert!(series_has_own_miscdevice("6.12.117-base").unwrap());
+        assert!(!series_has_own_miscdevice("7.3.4-mglru-secondary").unwrap());
+    }
 
     #[test]
     fn caps_parse() {
