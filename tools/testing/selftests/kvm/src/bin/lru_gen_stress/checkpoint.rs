@@ -8,10 +8,12 @@
 //! missed as swapped out; control pages touched after the pass show that
 //! the eviction is not blind. The checkpoints cycle through the [`Mode`]s
 //! and check the walk's and the mirror's counters against what was touched.
+//! On 7.x each checkpoint ends by discarding its memory, so that the next
+//! one does not refault what it evicted (see [`fresh_pages_v7`]).
 
 use crate::loops::{ensure_loaded, walk_cqse};
 use crate::opts::Opts;
-use crate::shared::{retry_eagain, Rng, Shared};
+use crate::shared::{retry_eagain, Abi, Rng, Shared};
 use anyhow::{bail, Context, Result};
 use mglru_selftest::aging::{self, NID};
 use mglru_selftest::features::{self, caps};
@@ -198,6 +200,14 @@ fn checkpoint(sh: &Shared, ck: &mut Ckpt, cg: &Memcg, mode: Mode, rng: &mut Rng)
     let vstate = pagemap::states(ck.vm.mem.as_ptr() as usize, t.v.len())?;
     let mstate = pagemap::states(maddr, t.m.len())?;
     let (evicted, untouched) = promotion_problems(&t, &ctl, &vstate, &mstate, &mut bad);
+    if sh.abi == Abi::V7 {
+        if evicted < untouched {
+            // The tiers' refault and protection counts say whether 7.x's
+            // working-set protection kept them (see `fresh_pages_v7`).
+            print_tiers(cg);
+        }
+        fresh_pages_v7(ck, &t)?;
+    }
     dev.config(0).context("CONFIG 0")?;
     drop(dev);
     drop(module);
@@ -402,6 +412,52 @@ fn detach_and_evict(ck: &mut Ckpt, dev: &Mirror, cg: &Memcg, seq: u64) -> Result
         .with_context(|| format!("evicting up to generation {}", seq - 1));
     ck.vm.set_data_slot(true)?;
     evict
+}
+
+/// 7.x: drops the checkpoint's memory (`MADV_DONTNEED`, which also frees
+/// the swapped-out pages' swap slots and shadows), so that the next
+/// checkpoint faults in fresh pages instead of refaulting what this one
+/// evicted. 7.x's eviction protects `PG_workingset` folios (tier 3 of
+/// sort_folio()) while that tier refaults more than tier 0
+/// (get_tier_idx()), and restores `PG_workingset` on a recent refault
+/// (lru_gen_refault()). The untouched pages are tier 3 by eviction (the
+/// make-old pass promoted their second access), so refaulting the ~2000
+/// evicted pages right after a checkpoint made tier 3's refaults dominate
+/// and the next checkpoint's eviction moved every untouched page one
+/// generation up (protected) instead of evicting it, blind. Fresh pages
+/// leave that tier only the orchestrator's own few refaults, below the
+/// controller's threshold (`MIN_LRU_BATCH`, 64). On 6.12 a promotion
+/// clears `PG_workingset` (folio_update_gen() clears `LRU_REFS_FLAGS`), so
+/// the untouched pages are tier 0 at eviction, which is never protected:
+/// the checkpoints refault their pages there as before.
+fn fresh_pages_v7(ck: &mut Ckpt, t: &Touched) -> Result<()> {
+    ck.vm
+        .mem
+        .discard(0, t.v.len())
+        .context("discarding the VM's memory")?;
+    ck.mem
+        .discard(0, t.m.len())
+        .context("discarding the mirrored range")?;
+    Ok(())
+}
+
+/// Prints the checkpoint memcg's `lru_gen_full` block: per generation and
+/// tier, what was refaulted, evicted and protected.
+fn print_tiers(cg: &Memcg) {
+    let text = match sys::read(lru_gen::LRU_GEN_FULL_DEBUGFS) {
+        Ok(t) => t,
+        Err(e) => return println!("# reading {}: {e:#}", lru_gen::LRU_GEN_FULL_DEBUGFS),
+    };
+    let path = cg.path();
+    let mut on = false;
+    for l in text.lines() {
+        if l.starts_with("memcg") {
+            on = l.split_whitespace().nth(2) == Some(path.as_str());
+        }
+        if on {
+            println!("# {l}");
+        }
+    }
 }
 
 /// After the eviction: every touched page present (promoted), every

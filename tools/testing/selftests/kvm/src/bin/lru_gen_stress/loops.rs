@@ -6,7 +6,7 @@
 
 use crate::children::{collect, spawn_child, wait_ready, Kid, READY_WAIT};
 use crate::opts::Opts;
-use crate::shared::{Live, Rng, Shared};
+use crate::shared::{Abi, Live, Rng, Shared};
 use anyhow::{bail, Context, Result};
 use mglru_selftest::aging::NID;
 use mglru_selftest::features::{self, caps};
@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 /// Forced aging passes on one memcg, back to back. Reading `lru_gen` costs
 /// as much as a small pass, so the loop predicts `max_seq` (each pass adds
 /// one) and reads it back every [`READ_EVERY`]th pass, or after an `EINVAL`
-/// (see [`classify_einval`]). Passes are counted from what it reads back:
+/// (see [`classify_einval`]) or, on 7.x, an `EEXIST` (see
+/// [`classify_eexist`]). Passes are counted from what it reads back:
 /// how far `max_seq` moved, by this thread or by reclaim. Every 16th read
 /// checks the walk stats of the generation the last pass filled.
 ///
@@ -42,6 +43,8 @@ pub fn aging_loop(sh: &Shared, path: &str, id: u32, live: Option<&Live>) {
         next: 0,
         fresh: false,
         since_read: 0,
+        joined: None,
+        backoff: false,
     };
     while !sh.stopping() {
         let _g = sh.gate.read().unwrap();
@@ -61,6 +64,11 @@ pub fn aging_loop(sh: &Shared, path: &str, id: u32, live: Option<&Live>) {
         if !a.age() {
             return;
         }
+        if std::mem::take(&mut a.backoff) {
+            // Another ager is walking this memcg: let it finish.
+            drop(_g);
+            sh.sleep(Duration::from_millis(50));
+        }
     }
 }
 
@@ -68,6 +76,10 @@ pub fn aging_loop(sh: &Shared, path: &str, id: u32, live: Option<&Live>) {
 const READ_EVERY: u32 = 8;
 /// Errors after which [`aging_loop`] gives up on its memcg.
 const MAX_ERRORS: u32 = 10;
+/// On 7.x, how long every forced pass may fail with `EEXIST` while
+/// `max_seq` stays put before the loop calls the pass it joined lost (a
+/// walk takes seconds at worst on the debug kernel).
+const JOINED_PASS_LIMIT: Duration = Duration::from_secs(60);
 
 /// The state of one [`aging_loop`].
 struct Ager<'a> {
@@ -86,6 +98,12 @@ struct Ager<'a> {
     /// `next` is `seen`: no write since the read.
     fresh: bool,
     since_read: u32,
+    /// 7.x: `max_seq` as read back after an `EEXIST` that found it still
+    /// at what was written (another ager's pass running), and since when;
+    /// cleared once a pass of this loop succeeds or `max_seq` moves.
+    joined: Option<(u64, Instant)>,
+    /// Sleep a little outside the gate before the next write.
+    backoff: bool,
 }
 
 impl Ager<'_> {
@@ -145,12 +163,21 @@ impl Ager<'_> {
                 self.next += 1;
                 self.fresh = false;
                 self.since_read += 1;
+                self.joined = None;
                 return true;
             }
             Err(e) => e,
         };
         let path = self.path;
-        if sys::errno_of(&err) != Some(libc::EINVAL) {
+        let errno = sys::errno_of(&err);
+        if self.sh.abi == Abi::V7 {
+            return match errno {
+                Some(libc::EEXIST) => self.eexist(written),
+                Some(libc::EINVAL) => self.einval_v7(written),
+                _ => !self.failed(format!("aging {path} from {written}: {err:#}")),
+            };
+        }
+        if errno != Some(libc::EINVAL) {
             return !self.failed(format!("aging {path} from {written}: {err:#}"));
         }
         // Read max_seq back at once, still inside the gate: no checkpoint
@@ -177,13 +204,133 @@ impl Ager<'_> {
             }
         }
     }
+
+    /// 7.x: `EEXIST` from a write of `written`: the pass was left to
+    /// another ager. Reads `max_seq` back at once (inside the gate) and
+    /// accepts it per [`classify_eexist`]; the next write names the
+    /// `max_seq` read. `max_seq` must not stay put for
+    /// [`JOINED_PASS_LIMIT`] of such answers.
+    fn eexist(&mut self, written: u64) -> bool {
+        let path = self.path;
+        let now = match self.read_back() {
+            Ok(m) => m,
+            Err(e) => {
+                self.sh.count(EEXIST_UNEXPLAINED, 1);
+                return !self.failed(format!(
+                    "{path}: EEXIST aging from {written}, and max_seq cannot be read back \
+                     (the memcg outlives this loop): {e:#}"
+                ));
+            }
+        };
+        let cause = match classify_eexist(written, now) {
+            Ok(c) => c,
+            Err(why) => {
+                self.sh.count(EEXIST_UNEXPLAINED, 1);
+                return !self.failed(format!("{path} (memcg id {}): {why}", self.id));
+            }
+        };
+        self.sh.count(cause.name(), 1);
+        if cause == Eexist::PassRunning {
+            self.backoff = true;
+            match self.joined {
+                Some((seq, since)) if seq == now => {
+                    if since.elapsed() > JOINED_PASS_LIMIT {
+                        self.joined = None;
+                        return !self.failed(format!(
+                            "{path} (memcg id {}): every forced pass from max_seq {now} failed \
+                             with EEXIST for {:?}: the pass another ager walks never \
+                             creates generation {}",
+                            self.id,
+                            JOINED_PASS_LIMIT,
+                            now + 1
+                        ));
+                    }
+                }
+                _ => self.joined = Some((now, Instant::now())),
+            }
+        } else {
+            self.joined = None;
+        }
+        true
+    }
+
+    /// 7.x: `EINVAL` from a write of `written`. run_aging() fails so only
+    /// for a `seq` above `max_seq`, and this loop never names one: after a
+    /// pass of its own `max_seq` is above what it wrote, after an `EEXIST`
+    /// it writes the `max_seq` it read. So no race explains it (nor a
+    /// memcg that is gone: the memcgs outlive the loop).
+    fn einval_v7(&mut self, written: u64) -> bool {
+        let path = self.path;
+        let now = self
+            .read_back()
+            .map_or_else(|e| format!("cannot be read back: {e:#}"), |m| m.to_string());
+        self.sh.count(EINVAL_UNEXPLAINED, 1);
+        !self.failed(format!(
+            "{path} (memcg id {}): EINVAL aging from {written} (max_seq now {now}): 7.x fails \
+             only for a seq above max_seq, which this loop never writes",
+            self.id
+        ))
+    }
+}
+
+/// The count of `EEXIST`s from forced passes (7.x) that no benign race
+/// explains (each also a violation).
+pub const EEXIST_UNEXPLAINED: &str = "aging EEXIST: unexplained";
+
+/// The benign causes of an `EEXIST` from a forced pass on 7.x.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Eexist {
+    /// `max_seq` is still what was written: the write joined the walk of
+    /// another ager (reclaim, kswapd), which creates the generation when it
+    /// finishes the mm list (try_to_inc_max_seq() returns false to every
+    /// walker but the last), or found that walk just finished.
+    PassRunning,
+    /// `max_seq` is past what was written by the read back: that other
+    /// pass finished, or `max_seq` had moved before the write (a pass from
+    /// the newer `max_seq` then raced the same way).
+    PassFinished,
+}
+
+impl Eexist {
+    /// Its count in the report.
+    pub fn name(self) -> &'static str {
+        match self {
+            Eexist::PassRunning => "aging EEXIST: another ager's pass still running",
+            Eexist::PassFinished => "aging EEXIST: another ager's pass finished before the re-read",
+        }
+    }
+}
+
+/// Why `+ memcg_id nid written 1 1` failed with `EEXIST` on 7.x, given
+/// `max_seq` read back right after (`now`); `Err` when no benign race
+/// explains it.
+///
+/// run_aging() (7.x mm/vmscan.c) runs try_to_inc_max_seq() from the
+/// current `max_seq`, which is at least `written` (else `EINVAL`), and
+/// answers `EEXIST` when that returns false: the generation is another
+/// walker's to create. `max_seq` never goes back, so it is at least
+/// `written` when read back. Whether the other walker does create it is
+/// checked over time by the loop (`max_seq` must move within
+/// [`JOINED_PASS_LIMIT`]).
+fn classify_eexist(written: u64, now: u64) -> Result<Eexist, String> {
+    if now == written {
+        Ok(Eexist::PassRunning)
+    } else if now > written {
+        Ok(Eexist::PassFinished)
+    } else {
+        Err(format!(
+            "EEXIST aging from {written}, max_seq read back {now}: below what was written, \
+             which the kernel accepted as at most max_seq"
+        ))
+    }
 }
 
 /// The count of `EINVAL`s from forced passes that no benign race explains
 /// (each also a violation).
 pub const EINVAL_UNEXPLAINED: &str = "aging EINVAL: unexplained";
 
-/// The benign causes of an `EINVAL` from a forced pass.
+/// The benign causes of an `EINVAL` from a forced pass on 6.12 (on 7.x
+/// there is none: [`Ager::einval_v7`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Einval {
     /// `max_seq` is still one below what was written: the previous write,
@@ -213,7 +360,7 @@ impl Einval {
 /// `written` was `max_seq` just read (`fresh`) and `max_seq` read back
 /// right after (`now`); `Err` when no benign race explains it.
 ///
-/// run_aging() (mm/vmscan.c) fails with `EINVAL` only for `seq > max_seq`
+/// 6.12's run_aging() (mm/vmscan.c) fails with `EINVAL` only for `seq > max_seq`
 /// (an older `seq` is a no-op that returns 0); run_cmd() also for a node
 /// without memory, a memcg id that is gone and an out-of-range
 /// swappiness. `max_seq` never goes back, and every accepted write named at
@@ -446,6 +593,19 @@ mod tests {
         assert!(classify_einval(10, true, 9).is_err());
         assert!(classify_einval(10, true, 11).is_err());
         assert!(classify_einval(0, true, 0).is_err());
+    }
+
+    #[test]
+    fn eexist_is_benign_only_at_or_past_what_was_written() {
+        // The write joined another ager's walk of max_seq 10.
+        assert_eq!(classify_eexist(10, 10), Ok(Eexist::PassRunning));
+        // That pass (or one from a newer max_seq) finished before the read.
+        assert_eq!(classify_eexist(10, 11), Ok(Eexist::PassFinished));
+        assert_eq!(classify_eexist(10, 13), Ok(Eexist::PassFinished));
+        // max_seq below what the kernel accepted: it went back, or the
+        // write reached another lruvec.
+        assert!(classify_eexist(10, 9).is_err());
+        assert!(classify_eexist(1, 0).is_err());
     }
 
     #[test]

@@ -55,14 +55,14 @@ use checkpoint::Ckpt;
 use children::{collect, spawn_child, wait_ready, Kid, READY_WAIT};
 use clap::Parser;
 use mglru_selftest::aging;
-use mglru_selftest::features::Flavor;
+use mglru_selftest::features::{self, Flavor};
 use mglru_selftest::kvm;
 use mglru_selftest::memcg::Memcg;
 use opts::Opts;
 use report::{Outcome, Report};
 use roles::USER_MEM;
 use setup::Watch;
-use shared::{Live, Rng, Shared};
+use shared::{Abi, Live, Rng, Shared};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -146,7 +146,18 @@ fn run(o: &Opts, seed: u64, flavor: Option<Flavor>, r: &mut Report) -> Result<()
     setup::swap_on()?;
     let watch = Watch::start(kernel)?;
     let cgs = Memcgs::create(o, ckpt_cg)?;
-    let sh = Shared::default();
+    let sh = Shared {
+        abi: Abi::of_release(&features::kernel_release()?)?,
+        ..Default::default()
+    };
+    r.t.diag(&format!(
+        "lru_gen debugfs semantics: {:?} (a forced pass joining another ager's {})",
+        sh.abi,
+        match sh.abi {
+            Abi::V6 => "returns 0",
+            Abi::V7 => "fails with EEXIST",
+        }
+    ));
     let mut rng = Rng::new(seed);
     let mut ck = Ckpt::new(&sh)?;
     watch.check_vm_visible()?;

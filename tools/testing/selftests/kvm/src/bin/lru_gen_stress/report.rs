@@ -3,7 +3,7 @@
 //! violations of its kinds and when the operations it depends on never
 //! happened; the counts are printed as diagnostics.
 
-use crate::loops::{Einval, EINVAL_UNEXPLAINED};
+use crate::loops::{Eexist, Einval, EEXIST_UNEXPLAINED, EINVAL_UNEXPLAINED};
 use crate::shared::Tally;
 use crate::{CG_CHURN, CG_CKPT, CG_GUEST, CG_MIRROR};
 use anyhow::{bail, Result};
@@ -138,6 +138,13 @@ pub fn finish(r: &mut Report, run: Outcome) {
         c(Einval::PassRunning.name()),
         c(Einval::PassFinished.name()),
         c(EINVAL_UNEXPLAINED)
+    ));
+    r.t.diag(&format!(
+        "aging EEXIST (7.x) by cause: {} another ager's pass still running, {} it finished \
+         before the re-read, {} unexplained (violations)",
+        c(Eexist::PassRunning.name()),
+        c(Eexist::PassFinished.name()),
+        c(EEXIST_UNEXPLAINED)
     ));
     let ck_on = c("checkpoints: 0x8 on") + c("checkpoints: 0x8 off");
     r.check(

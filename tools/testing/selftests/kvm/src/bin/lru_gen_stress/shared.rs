@@ -3,6 +3,8 @@
 //! gate, the tally of counts and violations, and whether a secondary MMU
 //! maps each memcg; plus the seeded random choices every process makes.
 
+use anyhow::Result;
+use mglru_selftest::features;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
@@ -69,9 +71,40 @@ impl Live {
     }
 }
 
+/// What `lru_gen` debugfs does with a forced pass and an eviction, which
+/// mm/vmscan.c changed between the bases (the series changes neither).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Abi {
+    /// 6.12: run_aging() returns 0 for a stale `max_seq` (a no-op) and for
+    /// a pass that joined another ager's walk (which creates the
+    /// generation), `EINVAL` for one above `max_seq`.
+    #[default]
+    V6,
+    /// 7.x: run_aging() runs a pass from the current `max_seq` for any
+    /// `seq` up to it and answers `EEXIST` when try_to_inc_max_seq() leaves
+    /// the generation to another ager (it joined that ager's walk, or the
+    /// walk had just finished); `EINVAL` only above `max_seq`. Eviction
+    /// protects `PG_workingset` folios while their tier refaults more than
+    /// tier 0 (the PID controller's tiers, see the checkpoints).
+    V7,
+}
+
+impl Abi {
+    /// The semantics of kernel release `rel`: 7.x's from major version 7.
+    pub fn of_release(rel: &str) -> Result<Abi> {
+        Ok(if features::release_major(rel)? >= 7 {
+            Abi::V7
+        } else {
+            Abi::V6
+        })
+    }
+}
+
 /// State shared by the orchestrator's threads.
 #[derive(Default)]
 pub struct Shared {
+    /// The running kernel's `lru_gen` debugfs semantics.
+    pub abi: Abi,
     pub stop: AtomicBool,
     /// Chaos threads hold it for reading around each operation (the mirror
     /// thread around a whole batch of users); a checkpoint holds it for
@@ -145,6 +178,21 @@ mod tests {
             assert_eq!(x, b.range(3, 7));
             assert!((3..=7).contains(&x));
         }
+    }
+
+    #[test]
+    fn abi_follows_the_major_version() {
+        assert_eq!(
+            Abi::of_release("6.12.117-mglru-secondary").unwrap(),
+            Abi::V6
+        );
+        assert_eq!(
+            Abi::of_release("6.12.117-mglru-secondary-debug").unwrap(),
+            Abi::V6
+        );
+        assert_eq!(Abi::of_release("7.3.4-mglru-secondary").unwrap(), Abi::V7);
+        assert_eq!(Abi::of_release("8.0.1").unwrap(), Abi::V7);
+        assert!(Abi::of_release("mglru").is_err());
     }
 
     #[test]
