@@ -17,6 +17,7 @@ need_default_flavor
 
 FRAGMENT=$TOP/configs/mglru-secondary.config
 VDIR=$MGLRU_CACHE/variant-no-mmu-notifier
+[ "$BASE" = 6.12 ] || VDIR=$VDIR-$BASE
 [ -d "$KDIR/.git" ] || die "no kernel tree at $KDIR: run 'make kernel-tree'"
 head=$(git -C "$KDIR" rev-parse HEAD)
 
