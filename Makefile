@@ -15,6 +15,9 @@
 #                       results and plots in results/ (B="-m 64M -v 2" to narrow)
 #   make stress         the chaos stress test on the debug kernel (KASAN, lockdep,
 #                       kmemleak, ...), 20 min (STRESS="--duration 5m" to change)
+#   make scenario       QEMU/KVM guest running memcached while the host reclaims
+#                       it: 0x8 on/off and the base kernel, results/scenario.*
+#                       (SCENARIO_ROUNDS=3; SCENARIO="--phase 20" passes options)
 #   make check-base     the pristine base kernel vs the series with 0x8 clear: same pages
 #                       promoted; new interfaces absent on base
 #
@@ -37,7 +40,7 @@ $(eval $(VM_ARGS):;@:)
 endif
 endif
 
-.PHONY: all run check check-all check-base stress bench bisect-check variant-check lint deps kernel kernel-tree export-patches modules selftests vm-run clean
+.PHONY: all run check check-all check-base stress bench scenario bisect-check variant-check lint deps kernel kernel-tree export-patches modules selftests vm-run clean
 
 all: run
 
@@ -58,6 +61,9 @@ bench:
 
 stress:
 	@$(S)/stress.sh $(STRESS)
+
+scenario:
+	@$(S)/scenario.sh $(SCENARIO)
 
 check-base:
 	@$(S)/check-base.sh

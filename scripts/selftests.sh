@@ -18,3 +18,6 @@ while IFS=: read -r coll t; do
 		die "$t is not statically linked"
 	fi
 done <"$TOP/tools/testing/selftests/kselftest-list.txt"
+# The nested guest's initramfs of guest_scenario (memcached from Debian's
+# packages): the smoke test in make check boots it.
+step "scenario guest image" "$TOP/scripts/scenario-image" >/dev/null

@@ -18,11 +18,12 @@ const SMOKE: &str = env!("CARGO_BIN_EXE_kvm_smoke_test");
 const BENCH: &str = env!("CARGO_BIN_EXE_lru_gen_bench");
 const EXACT: &str = env!("CARGO_BIN_EXE_lru_gen_exact_test");
 const STRESS: &str = env!("CARGO_BIN_EXE_lru_gen_stress");
+const SCENARIO: &str = env!("CARGO_BIN_EXE_guest_scenario");
 
 #[test]
 fn unknown_options_and_stray_arguments() {
     let mut cases: Vec<(&str, &[&str], &[&str])> = Vec::new();
-    for bin in [AGING, BENCH, EXACT, STRESS, SMOKE] {
+    for bin in [AGING, BENCH, EXACT, STRESS, SMOKE, SCENARIO] {
         cases.push((bin, &["--bogus"], &["--bogus"]));
         cases.push((bin, &["-x"], &["-x"]));
         cases.push((bin, &["extra"], &["extra"]));
@@ -281,4 +282,65 @@ fn lru_gen_stress_rejects_a_cpu_it_may_not_use() {
     let arg = c.to_string();
     let msg = format!("CPU {c} is not one this process may run on");
     expect_usage_errors(&[(STRESS, &["--vcpu-cpus", &arg][..], &[msg.as_str()][..])]);
+}
+
+/// `guest_scenario`'s subcommands check their options before anything is
+/// set up (no QEMU, no cgroup).
+#[test]
+fn guest_scenario_bad_options() {
+    let with = |extra: &'static [&'static str]| -> Vec<&'static str> {
+        let mut v = vec!["run", "-o", "/nonexistent/scenario"];
+        v.extend_from_slice(extra);
+        v
+    };
+    let cases: Vec<(Vec<&str>, &[&str])> = vec![
+        (vec!["run", "-o", "x"], &["--modes"]),
+        (vec!["run", "--modes", "on"], &["--out"]),
+        (with(&["--modes", "on,fast"]), &["--modes", "fast"]),
+        (
+            with(&["--modes", "on", "--hot-share", "1.5"]),
+            &["--hot-share", "1.5"],
+        ),
+        (
+            with(&["--modes", "on", "--set-share=-0.1"]),
+            &["--set-share"],
+        ),
+        (
+            with(&["--modes", "on", "--hot-share", "1"]),
+            &["--hot-share", "(0, 1)"],
+        ),
+        (
+            with(&["--modes", "on", "--guest-mem", "64"]),
+            &["--guest-mem", "64"],
+        ),
+        (with(&["--modes", "on", "--value", "0"]), &["--value"]),
+        (with(&["--modes", "on", "--phase", "0"]), &["--phase"]),
+        (
+            with(&["--modes", "on", "--reclaim-period", "5"]),
+            &["--reclaim-period"],
+        ),
+        (vec!["report", "-o", "x"], &["RUNS"]),
+        (vec!["smoke", "--bogus"], &["--bogus"]),
+    ];
+    let cases: Vec<(&str, &[&str], &[&str])> =
+        cases.iter().map(|(a, w)| (SCENARIO, &a[..], *w)).collect();
+    expect_usage_errors(&cases);
+}
+
+/// A report of files that are not run files fails (exit 1) naming the
+/// file, and writes nothing.
+#[test]
+fn guest_scenario_report_of_bad_files_fails() {
+    let dir = std::env::temp_dir().join(format!("scenario-report-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.json");
+    std::fs::write(&bad, "{\"mode\": \"on\"}").unwrap();
+    let out = dir.join("out");
+    for f in ["/nonexistent/run.json", bad.to_str().unwrap()] {
+        let r = run(SCENARIO, &["report", "-o", out.to_str().unwrap(), f]);
+        assert_eq!(r.code, Some(1), "report {f}: {:?}", r.stderr);
+        assert!(r.stderr.contains(f), "report {f}: {:?}", r.stderr);
+        assert!(!out.join("scenario.json").exists());
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
 }
