@@ -15,7 +15,9 @@
 # Environment:
 #   SCENARIO_ROUNDS  rounds (default 3): n per column
 #   SCENARIO_BUILD=0 skip the build steps (right after they ran)
-#   SCENARIO_OUT     results directory (default results/, results/7.3/)
+#   SCENARIO_OUT     results directory (default results/, results/7.3/);
+#                    its scenario-runs/ is replaced
+#   SCENARIO_TIMEOUT per boot of the test VM, seconds (default 3600)
 # Results: OUT/scenario.json (every run and the table), scenario.md,
 # scenario.dat, scenario.png; the run files in OUT/scenario-runs/.
 . "$(dirname "$0")/lib.sh"
@@ -37,7 +39,7 @@ out=${SCENARIO_OUT:-$(results_dir)}
 runs=$out/scenario-runs
 rm -rf "$runs"
 mkdir -p "$runs"
-# The test VM: 3 GiB (the guest's 320 MiB, QEMU, the RAM disk's pages) and
+# The test VM: 3 GiB (the guest's 256 MiB, QEMU, the RAM disk's pages) and
 # a 512 MiB RAM disk to swap to; 2 CPUs: QEMU on one, the load generator and
 # the reclaim on the other.
 vm=("$TOP/scripts/vm-run" -m 3G -s 2 -t "${SCENARIO_TIMEOUT:-3600}" -a "brd.rd_size=524288")

@@ -320,6 +320,11 @@ fn guest_scenario_bad_options() {
             &["--reclaim-period"],
         ),
         (vec!["report", "-o", "x"], &["RUNS"]),
+        (
+            with(&["--modes", "on", "--cold", "300"]),
+            &["--guest-mem", "--cold"],
+        ),
+        (with(&["--modes", "on,off,on"]), &["--modes", "twice"]),
         (vec!["smoke", "--bogus"], &["--bogus"]),
     ];
     let cases: Vec<(&str, &[&str], &[&str])> =

@@ -102,13 +102,14 @@ pub fn thread_cpu_time() -> Duration {
 
 /// Pins the calling thread (and threads it creates later) to `cpu`.
 pub fn pin_to_cpu(cpu: usize) -> Result<()> {
-    // SAFETY: cpu_set_t is plain data for which all-zero is the empty set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: CPU_SET writes one bit of `set`; `cpu` is below the set's
-    // size (CPU_SETSIZE, 1024) as checked.
     if cpu >= libc::CPU_SETSIZE as usize {
         bail!("cpu {cpu} out of range");
     }
+    // SAFETY: cpu_set_t is plain data for which all-zero is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: CPU_SET writes one bit of `set`; `cpu` is below the set's
+    // size (CPU_SETSIZE), checked above, so it neither panics nor writes
+    // out of bounds.
     unsafe { libc::CPU_SET(cpu, &mut set) };
     // SAFETY: `set` is a valid cpu_set_t of the size passed; pid 0 is the
     // calling thread.

@@ -41,7 +41,7 @@ mod report;
 mod scenario;
 
 use anyhow::Result;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use std::path::PathBuf;
 
 /// QEMU/KVM guest with memcached under host reclaim: runs, reports, smoke.
@@ -79,6 +79,13 @@ enum Cmd {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    if let Some(Cmd::Run(o)) = &cli.cmd {
+        if let Err(e) = o.check() {
+            Cli::command()
+                .error(clap::error::ErrorKind::ArgumentConflict, e)
+                .exit();
+        }
+    }
     match cli.cmd {
         Some(Cmd::Run(o)) => scenario::run(&o),
         Some(Cmd::Smoke(o)) => scenario::smoke(&o),

@@ -113,6 +113,38 @@ impl<S: Read + Write> Client<S> {
         self.version().map(drop)
     }
 
+    /// `get KEY...`: the values of `keys` that memcached holds, in the
+    /// order it returns them (a miss is left out).
+    pub fn get_multi(&mut self, keys: &[String]) -> Result<Vec<(String, Vec<u8>)>> {
+        let mut req = String::from("get");
+        for k in keys {
+            check_key(k)?;
+            req.push(' ');
+            req.push_str(k);
+        }
+        req.push_str("\r\n");
+        self.io.get_mut().write_all(req.as_bytes())?;
+        let mut out = Vec::with_capacity(keys.len());
+        loop {
+            let l = self.read_line()?.to_owned();
+            if l == "END" {
+                return Ok(out);
+            }
+            let key = l.split(' ').nth(1).unwrap_or_default().to_owned();
+            if !keys.contains(&key) {
+                bail!("get: unexpected reply line {l:?}");
+            }
+            let len = parse_value_line(&l, &key)?;
+            let mut data = vec![0u8; len + 2];
+            self.io.read_exact(&mut data).context("reading a value")?;
+            if &data[len..] != b"\r\n" {
+                bail!("get {key}: value of {len} bytes not followed by CRLF");
+            }
+            data.truncate(len);
+            out.push((key, data));
+        }
+    }
+
     /// `stats`: the general statistic `name`, `None` if not listed.
     pub fn stat(&mut self, name: &str) -> Result<Option<u64>> {
         self.io.get_mut().write_all(b"stats\r\n")?;
@@ -136,7 +168,11 @@ impl<S: Read + Write> Client<S> {
     /// `get KEY`: the value, `None` on a miss.
     pub fn get(&mut self, key: &str) -> Result<Option<Vec<u8>>> {
         check_key(key)?;
-        write!(self.io.get_mut(), "get {key}\r\n")?;
+        // One write, one segment: "get ", the key and CRLF written
+        // separately would be three on a TCP_NODELAY socket.
+        self.io
+            .get_mut()
+            .write_all(format!("get {key}\r\n").as_bytes())?;
         let l = self.read_line()?;
         if l == "END" {
             return Ok(None);
@@ -251,6 +287,27 @@ mod tests {
         );
         assert!(client(b"STAT pid\r\nEND\r\n").stat("pid").is_err());
         assert!(client(b"ERROR\r\n").stat("pid").is_err());
+    }
+
+    #[test]
+    fn multi_get() {
+        let keys = ["a".to_string(), "b".to_string(), "c".to_string()];
+        let mut c = client(b"VALUE a 0 1\r\nx\r\nVALUE c 0 2\r\nyz\r\nEND\r\n");
+        let got = c.get_multi(&keys).unwrap();
+        assert_eq!(
+            got,
+            vec![
+                ("a".to_string(), b"x".to_vec()),
+                ("c".to_string(), b"yz".to_vec())
+            ]
+        );
+        assert_eq!(c.io.get_ref().sent, b"get a b c\r\n");
+        assert!(client(b"VALUE d 0 1\r\nx\r\nEND\r\n")
+            .get_multi(&keys)
+            .is_err());
+        assert!(client(b"VALUE a 0 1\r\nxy\r\nEND\r\n")
+            .get_multi(&keys)
+            .is_err());
     }
 
     #[test]

@@ -60,7 +60,12 @@ impl Guest {
         std::fs::create_dir_all(&cfg.dir)?;
         let console = cfg.dir.join("guest-console.log");
         let sock = cfg.dir.join("guest-ctl.sock");
-        let _ = std::fs::remove_file(&sock);
+        match std::fs::remove_file(&sock) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("removing {}", sock.display()));
+            }
+            _ => {}
+        }
         let qemu_log = std::fs::File::create(cfg.dir.join("qemu.log"))?;
         let append = format!(
             "console=ttyS0 panic=-1 rdinit=/init quiet kunit.enable=0 transparent_hugepage=never \
@@ -102,18 +107,35 @@ impl Guest {
         if cpu >= libc::CPU_SETSIZE as usize {
             bail!("cpu {cpu} out of range");
         }
-        // SAFETY: the closure runs in the child between fork and exec and
-        // only makes async-signal-safe calls (open, write, close,
-        // sched_setaffinity) on memory prepared before the fork (`procs`)
-        // or on its own stack; it allocates nothing.
+        let parent = std::process::id() as libc::pid_t;
+        // SAFETY: the closure runs in the child between fork and exec. It
+        // only makes async-signal-safe calls (prctl, getppid, open, write,
+        // close, sched_setaffinity) and reads errno (a thread-local integer;
+        // `Error::last_os_error` and `from_raw_os_error` do not allocate),
+        // on memory prepared before the fork (`procs`, moved in) or on its
+        // own stack; it allocates and locks nothing. `CPU_SET` cannot
+        // panic: `cpu` was checked against CPU_SETSIZE above.
         unsafe {
             cmd.pre_exec(move || {
+                // QEMU dies with the thread that started it (a test killed
+                // by its timeout must not leave a guest running); if that
+                // already happened, do not start it.
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::getppid() != parent {
+                    return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+                }
                 let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
                 if fd < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 let n = libc::write(fd, b"0\n".as_ptr().cast(), 2);
-                let err = std::io::Error::last_os_error();
+                let err = if n < 0 {
+                    std::io::Error::last_os_error()
+                } else {
+                    std::io::Error::from_raw_os_error(libc::EIO)
+                };
                 libc::close(fd);
                 if n != 2 {
                     return Err(err);
@@ -129,12 +151,31 @@ impl Guest {
         let child = cmd
             .spawn()
             .context("starting qemu-system-x86_64 (run 'make deps')")?;
-        Ok(Self {
+        let mut g = Self {
             child,
             console,
             ctl: None,
             started: Instant::now(),
-        })
+        };
+        // Connect to the control channel before the guest boots: QEMU drops
+        // what the guest writes there while nobody is connected, and the
+        // guest's first line is its "READY".
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while g.ctl.is_none() {
+            g.check_running()?;
+            match UnixStream::connect(&sock) {
+                Ok(s) => g.ctl = Some(BufReader::new(s)),
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                Err(e) => bail!(
+                    "QEMU's control socket {}: {e}\n{}",
+                    sock.display(),
+                    g.tail(20)
+                ),
+            }
+        }
+        Ok(g)
     }
 
     /// QEMU's process id.
@@ -168,35 +209,59 @@ impl Guest {
         Ok(())
     }
 
-    /// Waits until memcached answers through the forwarded port and the
-    /// control channel is connected; returns the connected client.
+    /// Waits until the guest's /init says "READY" on the control channel
+    /// and memcached answers through the forwarded port; returns the
+    /// connected client.
     pub fn wait_ready(
         &mut self,
         port: u16,
         timeout: Duration,
     ) -> Result<Client<std::net::TcpStream>> {
         let deadline = Instant::now() + timeout;
-        let sock = self.console.with_file_name("guest-ctl.sock");
+        // Kept across reads: a read that times out may leave part of a line.
+        let mut l = String::new();
+        loop {
+            let ctl = self.ctl.as_mut().context("control channel not connected")?;
+            ctl.get_ref()
+                .set_read_timeout(Some(Duration::from_secs(1)))?;
+            match ctl.read_line(&mut l) {
+                Ok(0) => bail!("the guest closed its control channel\n{}", self.tail(30)),
+                Ok(_) if l.trim_end() == "READY" => break,
+                Ok(_) if l.ends_with('\n') => l.clear(),
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => return Err(e).context("reading the guest's control channel"),
+            }
+            if let Some(st) = self.child.try_wait()? {
+                bail!(
+                    "QEMU exited ({st}) before the guest was ready\n{}",
+                    self.tail(30)
+                );
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the guest was not ready within {}s\n{}",
+                    timeout.as_secs(),
+                    self.tail(30)
+                );
+            }
+        }
+        // Until memcached listens, QEMU's user-mode network accepts the
+        // connection and then closes it.
         loop {
             self.check_running()?;
-            if self.ctl.is_none() {
-                if let Ok(s) = UnixStream::connect(&sock) {
-                    s.set_read_timeout(Some(Duration::from_secs(60)))?;
-                    self.ctl = Some(BufReader::new(s));
-                }
-            }
-            // Until the guest listens, QEMU's user-mode network accepts
-            // the connection and then closes it.
-            if self.ctl.is_some() {
-                if let Ok(mut c) =
-                    Client::connect(&format!("127.0.0.1:{port}"), Duration::from_secs(10))
-                {
-                    if c.version().is_ok() {
-                        // From now on a request may wait for the host to
-                        // swap guest memory in, under TCG.
-                        c.set_timeout(Duration::from_secs(120))?;
-                        return Ok(c);
-                    }
+            if let Ok(mut c) =
+                Client::connect(&format!("127.0.0.1:{port}"), Duration::from_secs(10))
+            {
+                if c.version().is_ok() {
+                    // From now on a request may wait for the host to swap
+                    // guest memory in, under TCG.
+                    c.set_timeout(Duration::from_secs(120))?;
+                    return Ok(c);
                 }
             }
             if Instant::now() > deadline {

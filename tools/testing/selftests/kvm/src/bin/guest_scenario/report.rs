@@ -96,6 +96,12 @@ const METRICS: &[Metric] = &[
         phase: None,
     },
     Metric {
+        key: "walks_seen",
+        label: "aging walks sampled",
+        paths: &["/aging/walks_seen"],
+        phase: None,
+    },
+    Metric {
         key: "walk_c",
         label: "walk C (fast-only calls)",
         paths: &["/aging/counters/c"],
