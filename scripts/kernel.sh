@@ -211,6 +211,9 @@ cmd_build() {
 	cmd_config
 	local logf=$MGLRU_CACHE/logs/kernel-build.log
 	[ "$FLAVOR" = default ] || logf=$MGLRU_CACHE/logs/kernel-build-$FLAVOR.log
+	# Each base's builds log apart: a 6.12 and a 7.3 build at the same
+	# time must not write one file.
+	[ "$BASE" = 6.12 ] || logf=${logf%.log}-$BASE.log
 	step "building the $FLAVOR kernel (log: $logf)" run_logged "$logf" kmake bzImage modules
 	log "kernel $(kmake -s kernelrelease 2>/dev/null | tail -n 1): $KDIR/arch/x86/boot/bzImage"
 }
